@@ -1,0 +1,64 @@
+"""Command-line entry point: argument parsing only; the work happens in the packages."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from trunkproxy.config.load import ConfigError, load_config
+
+
+def _run(args: argparse.Namespace) -> int:
+    from trunkproxy.supervisor import run_forever
+
+    config = load_config(args.config)
+    return run_forever(config)
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    names = ", ".join(e.endpoint_name for e in config.endpoints) or "none"
+    print(f"configuration OK: endpoints {names}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trunkproxy", description="Outbound SIP proxy for PBX trunks")
+    parser.add_argument("-c", "--config", type=Path, default=None,
+                        help="TOML configuration (default /etc/trunkproxy/trunkproxy.toml, else the embedded default)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start and supervise one Kamailio per interface endpoint")
+    run.set_defaults(func=_run)
+    check = sub.add_parser("check-config", help="validate the configuration file and exit")
+    check.set_defaults(func=_check)
+
+    # Each area adds its own subcommands; kept in their packages so this file stays parsing only.
+    from trunkproxy.hosting import commands as hosting_commands
+    from trunkproxy.registrations import commands as registration_commands
+
+    hosting_commands.register(sub)
+    registration_commands.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"trunkproxy: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Typed configuration of a trunkproxy host (one TOML file, documented in docs/configuration.md)."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Transport = Literal["udp", "tcp"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/trunkproxy"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "trunkproxy")
+
+
+class ProxySettings(_Strict):
+    """Host-wide settings."""
+
+    hostname: str | None = None
+    """Name of this host in Consul service tags (`HOSTNAME-ifens5`); default: the system hostname."""
+    state_dir: str = Field(default_factory=_default_state_dir)
+    """Where the host secret, registration state and generated Kamailio configs live."""
+    instance_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    """Source networks allowed to send on an endpoint's internal side (the PBX instances)."""
+    workers: int = Field(default=2, ge=1, le=64)
+    """Kamailio worker processes per transport and endpoint."""
+    shm_mb: int = Field(default=128, ge=16)
+    pkg_mb: int = Field(default=16, ge=4)
+    kamailio_binary: str = "kamailio"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("instance_networks")
+    @classmethod
+    def _networks_parse(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{net!r} is not an IP network (write e.g. '10.0.3.0/24')") from exc
+        return value
+
+
+class ApiSettings(_Strict):
+    """The HTTP API and /metrics."""
+
+    listen: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    enabled: bool = True
+
+
+class ConsulSettings(_Strict):
+    """Consul agent used for service registration and the host-wide sipproxy.json in KV."""
+
+    enabled: bool = False
+    address: str = "http://127.0.0.1:8500"
+    domain: str = "pascom"
+    """Consul DNS domain: endpoints resolve as `HOSTNAME-ifIFACE.cs-proxy.service.<domain>`."""
+    service: str = "cs-proxy"
+    kv_key: str | None = None
+    """Default `config/<hostname>/system/outboundproxy`."""
+    token: str | None = None
+
+
+class Provider(_Strict):
+    """What the operator knows about a provider (registrar host): pinned addresses, transport."""
+
+    addresses: list[str] = []
+    """`ip[:port]` entries used instead of DNS for this host, tried in order."""
+    transport: Transport | None = None
+    """Force this transport towards the provider (PBX may still use UDP towards us)."""
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses_parse(cls, value: list[str]) -> list[str]:
+        from trunkproxy.routing.addresses import parse_hostport
+
+        for entry in value:
+            host, _port = parse_hostport(entry)
+            try:
+                ipaddress.ip_address(host)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r}: pinned addresses must be IP[:PORT], e.g. '192.0.2.10:5060'") from exc
+        return value
+
+
+class Endpoint(_Strict):
+    """One interface endpoint: the proxy on one network interface."""
+
+    interface: str
+    """Network interface whose address the external side binds to (`ens5`; `lo` for testing)."""
+    name: str | None = None
+    """Endpoint name, default `if` + interface (`ifens5`): the CONTAINERNAME in Consul's tag."""
+    external_address: str | None = None
+    """Bind the external side to this address instead of the interface's first IPv4 address."""
+    external_port: int = Field(default=5060, ge=1, le=65535)
+    advertise: str | None = None
+    """Public `ip[:port]` to put in headers when the endpoint sits behind a NAT (Kamailio advertise)."""
+    internal_address: str = "127.0.0.1"
+    """Where PBX instances send to (the host's internal address)."""
+    internal_port: int = Field(default=5060, ge=1, le=65535)
+    transports: list[Transport] = ["udp", "tcp"]
+    keepalive_interval: int = Field(default=30, ge=0)
+    """Seconds between OPTIONS keepalives to providers with registered flows (0 = off)."""
+    path: bool = True
+    """Add a Path header (RFC 3327) to REGISTERs in addition to rewriting the Contact."""
+
+    @property
+    def endpoint_name(self) -> str:
+        return self.name or f"if{self.interface}"
+
+    @model_validator(mode="after")
+    def _sides_differ(self) -> "Endpoint":
+        if self.external_address == self.internal_address and self.external_port == self.internal_port:
+            raise ValueError("internal and external side must differ in address or port")
+        return self
+
+
+class Config(_Strict):
+    proxy: ProxySettings = ProxySettings()
+    api: ApiSettings = ApiSettings()
+    consul: ConsulSettings = ConsulSettings()
+    endpoints: list[Endpoint] = Field(default_factory=list)
+    providers: dict[str, Provider] = Field(default_factory=dict)
+    """Keyed by registrar host as the PBX writes it in the Request-URI (`tel.t-online.de`)."""
+
+    @model_validator(mode="after")
+    def _unique_endpoints(self) -> "Config":
+        seen: set[str] = set()
+        for endpoint in self.endpoints:
+            if endpoint.endpoint_name in seen:
+                raise ValueError(f"two endpoints are named {endpoint.endpoint_name!r}; give one a distinct `name`")
+            seen.add(endpoint.endpoint_name)
+        return self
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.proxy.state_dir)
+
+
+def embedded_default() -> Config:
+    """Runs on any machine: one endpoint on loopback, PBXs send to 127.0.0.1:5060."""
+    return Config(endpoints=[Endpoint(interface="lo", external_port=5080)])
