@@ -36,6 +36,10 @@ class ProxySettings(_Strict):
     shm_mb: int = Field(default=128, ge=16)
     pkg_mb: int = Field(default=16, ge=4)
     kamailio_binary: str = "kamailio"
+    provider_timeout_ms: int = Field(default=6000, ge=500)
+    """No reply from a provider within this time: next pinned address, else 503 to the PBX."""
+    invite_timeout_ms: int = Field(default=120000, ge=1000)
+    """After a provisional reply, how long an INVITE may ring before it is given up."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("instance_networks")

@@ -1,0 +1,277 @@
+"""Thin KSR adapter: gathers message facts, calls the pure decisions, applies the result.
+
+Loaded by Kamailio's app_python3 (Debian's python3, stdlib only) through kemi_entry.py and
+called from the generated native config with python_exec("method"). A method must never
+return 0 there (the native script would exit), so every entry point returns 1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket as _socket
+import time
+
+import KSR  # type: ignore[import-not-found]  # provided by app_python3
+
+from trunkproxy.routing import decide
+from trunkproxy.routing.registration_events import aor_of, granted_expires, requested_expires
+from trunkproxy.routing.settings import EndpointSettings, settings_from_json
+from trunkproxy.routing.tokens import Flow
+
+_RELOAD_CHECK_S = 1.0
+
+
+class Router:
+    def __init__(self, settings_path: str) -> None:
+        self._path = settings_path
+        self._mtime = 0.0
+        self._next_check = 0.0
+        self.settings: EndpointSettings = self._load()
+        self._events: _socket.socket | None = None
+
+    # -- settings ---------------------------------------------------------------------
+    def _load(self) -> EndpointSettings:
+        with open(self._path, encoding="utf-8") as fh:
+            text = fh.read()
+        self._mtime = os.stat(self._path).st_mtime
+        return settings_from_json(text)
+
+    def _current(self) -> EndpointSettings:
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + _RELOAD_CHECK_S
+            try:
+                if os.stat(self._path).st_mtime != self._mtime:
+                    self.settings = self._load()
+                    KSR.info(f"trunkproxy: settings reloaded from {self._path}\n")
+            except (OSError, ValueError, KeyError) as exc:
+                KSR.err(f"trunkproxy: keeping previous settings, cannot reload {self._path}: {exc}\n")
+        return self.settings
+
+    # -- Kamailio entry points ----------------------------------------------------------
+    def child_init(self, rank: int) -> int:
+        return 0
+
+    def ksr_request_route(self, msg) -> int:
+        return 1
+
+    def ksr_reply_route(self, msg) -> int:
+        return 1
+
+    def ksr_onsend_route(self, msg) -> int:
+        return 1
+
+    def initial_from_pbx(self, msg) -> int:
+        settings = self._current()
+        method = KSR.pv.get("$rm")
+        preset = KSR.pv.get("$du") if KSR.isdsturiset() > 0 else None
+        decision = decide.route_from_pbx(
+            settings,
+            method,
+            KSR.pv.get("$ru"),
+            _source(),
+            _header("Contact"),
+            preset,
+            KSR.is_myself_ruri() > 0,
+        )
+        if method == "REGISTER" and isinstance(decision, decide.Relay):
+            self._emit_register_request(settings)
+        _apply(decision)
+        return 1
+
+    def initial_from_provider(self, msg) -> int:
+        settings = self._current()
+        source = KSR.pv.get("$si")
+        known = source in settings.pinned_ips or KSR.htable.sht_get("tp_known", source) is not None
+        decision = decide.route_from_provider(
+            settings, KSR.pv.get("$rm"), KSR.pv.get("$ru"), KSR.is_myself_ruri() > 0, known
+        )
+        _apply(decision)
+        return 1
+
+    def in_dialog_from_provider(self, msg) -> int:
+        settings = self._current()
+        top_route = _header("Route")
+        KSR.rr.loose_route()
+        decision = decide.route_in_dialog_from_provider(settings, KSR.pv.get("$rm"), KSR.pv.get("$ru"), top_route)
+        _apply(decision)
+        return 1
+
+    def reply_from_pbx(self, msg) -> int:
+        """18x/2xx from a PBX to a provider's dialog-forming request: hide the PBX's Contact."""
+        contact = _header("Contact")
+        if not contact:
+            return 1
+        settings = self._current()
+        socket = settings.external.get(KSR.pv.get("$T_req($pr)") or "udp")
+        if socket is None:
+            return 1
+        new_value = decide.rewrite_contacts(settings.secret, contact, _source(), socket)
+        if new_value is not None:
+            _replace_header("Contact", new_value)
+        return 1
+
+    def register_reply(self, msg) -> int:
+        settings = self._current()
+        code = KSR.pv.get("$rs")
+        code = int(code) if code is not None else 0
+        if code < 200:
+            return 1
+        flow = Flow(KSR.pv.get("$T_req($pr)") or "udp", KSR.pv.get("$T_req($si)"), int(KSR.pv.get("$T_req($sp)")))
+        contact = _header("Contact")
+        expires = None
+        if 200 <= code < 300:
+            KSR.htable.sht_seti("tp_known", KSR.pv.get("$si"), 1)
+            expires = granted_expires(settings.secret, contact, _header("Expires"), flow)
+            if contact:
+                restored = decide.restore_contacts(settings.secret, contact)
+                if restored is not None:
+                    _replace_header("Contact", restored)
+        elif code in (401, 407):
+            KSR.htable.sht_seti("tp_known", KSR.pv.get("$si"), 1)
+        min_expires = _header("Min-Expires") if code == 423 else None
+        self._emit(settings, {
+            "event": "register_reply",
+            "call_id": KSR.pv.get("$ci"),
+            "cseq": _int(KSR.pv.get("$cs")),
+            "aor": aor_of(KSR.pv.get("$tu") or ""),
+            "registrar": KSR.pv.get("$T_req($rd)"),
+            "flow": str(flow),
+            "provider": f"{KSR.pv.get('$pr')}:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}",
+            "socket": KSR.pv.get("$T_req($fs)") or None,
+            "code": code,
+            "reason": KSR.pv.get("$rr"),
+            "expires": expires,
+            "min_expires": _int(min_expires),
+        })
+        return 1
+
+    def register_failure(self, msg) -> int:
+        """Failure route of a REGISTER: a timeout with no answer becomes a `timeout` event."""
+        settings = self._current()
+        if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
+            self._emit(settings, {
+                "event": "register_reply",
+                "call_id": KSR.pv.get("$ci"),
+                "cseq": _int(KSR.pv.get("$cs")),
+                "aor": aor_of(KSR.pv.get("$tu") or ""),
+                "registrar": KSR.pv.get("$rd"),
+                "flow": str(_source()),
+                "code": 408,
+                "reason": "timeout",
+                "expires": None,
+                "min_expires": None,
+                "local": True,
+            })
+        return _fail_over("register_failure")
+
+    def relay_failure(self, msg) -> int:
+        return _fail_over("relay_failure")
+
+    def contact_from_pbx(self, msg) -> int:
+        """In-dialog target refresh from a PBX (re-INVITE, UPDATE...): hide its Contact too."""
+        contact = _header("Contact")
+        if not contact:
+            return 1
+        settings = self._current()
+        forced = KSR.pv.get("$fs") or ""
+        socket = settings.external.get(forced.partition(":")[0] or KSR.pv.get("$pr"))
+        if socket is not None:
+            new_value = decide.rewrite_contacts(settings.secret, contact, _source(), socket)
+            if new_value is not None:
+                _replace_header("Contact", new_value)
+        return 1
+
+    # -- registration events ----------------------------------------------------------
+    def _emit_register_request(self, settings: EndpointSettings) -> None:
+        self._emit(settings, {
+            "event": "register_request",
+            "call_id": KSR.pv.get("$ci"),
+            "cseq": _int(KSR.pv.get("$cs")),
+            "aor": aor_of(KSR.pv.get("$tu") or ""),
+            "registrar": KSR.pv.get("$rd"),
+            "flow": str(_source()),
+            "expires": requested_expires(_header("Contact"), _header("Expires")),
+        })
+
+    def _emit(self, settings: EndpointSettings, event: dict) -> None:
+        if not settings.events_socket:
+            return
+        event["endpoint"] = settings.name
+        event["ts"] = time.time()
+        try:
+            if self._events is None:
+                self._events = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+                self._events.setblocking(False)
+            self._events.sendto(json.dumps(event).encode(), settings.events_socket)
+        except OSError:
+            pass  # the control plane is restarting; the next REGISTER refresh reports again
+
+
+def _fail_over(route_name: str) -> int:
+    """Next pinned provider address, else a quick 503 when the provider never answered."""
+    if KSR.tm.t_is_canceled() > 0:
+        return 1
+    alternates = KSR.pv.get("$avp(tp_alt)")
+    if alternates and KSR.tm.t_check_status("408|5[0-9][0-9]") > 0:
+        first, _sep, rest = alternates.partition(" ")
+        KSR.pv.sets("$du", first)
+        if rest:
+            KSR.pv.sets("$avp(tp_alt)", rest)
+        else:
+            KSR.pv.unset("$avp(tp_alt)")
+        KSR.tm.t_on_failure(route_name)
+        KSR.tm.t_relay()
+        return 1
+    if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
+        KSR.tm.t_reply(503, "Service Unavailable")
+    return 1
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text and text.strip().isdigit() else None
+
+
+def _source() -> Flow:
+    return Flow(KSR.pv.get("$pr"), KSR.pv.get("$si"), int(KSR.pv.get("$sp")))
+
+
+def _header(name: str) -> str | None:
+    """All values of a header, comma-joined (a header may be repeated)."""
+    return KSR.pv.get(f"$(hdr({name})[*])")
+
+
+def _replace_header(name: str, value: str) -> None:
+    KSR.hdr.remove(name)
+    KSR.hdr.append(f"{name}: {value}\r\n")
+
+
+def _apply(decision: decide.Decision) -> None:
+    if isinstance(decision, decide.Reply):
+        KSR.sl.sl_send_reply(decision.code, decision.reason)
+        return
+    if isinstance(decision, decide.Drop):
+        KSR.drop()
+        return
+    if decision.ruri is not None:
+        KSR.pv.sets("$ru", decision.ruri)
+    if decision.dst_uri is not None:
+        KSR.pv.sets("$du", decision.dst_uri)
+    KSR.pv.sets("$fs", decision.send_socket)
+    if decision.contact is not None:
+        _replace_header("Contact", decision.contact)
+    if decision.path is not None:
+        KSR.hdr.insert(f"Path: {decision.path}\r\n")
+    if decision.record_route is not None:
+        if decision.record_route:
+            KSR.rr.record_route_params(decision.record_route)
+        else:
+            KSR.rr.record_route()
+    if decision.alternates:
+        KSR.pv.sets("$avp(tp_alt)", " ".join(decision.alternates))
+    if decision.on_reply:
+        KSR.tm.t_on_reply(decision.on_reply)
+    if decision.on_failure:
+        KSR.tm.t_on_failure(decision.on_failure)
+    if KSR.tm.t_relay() < 0:
+        KSR.sl.sl_reply_error()

@@ -1,0 +1,149 @@
+"""Endpoint configuration -> Kamailio's native config and the routing code's settings JSON."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import psutil
+
+from trunkproxy.config.model import Config, Endpoint
+
+
+class InterfaceError(Exception):
+    """The configured interface does not exist or has no usable address."""
+
+
+@dataclass(frozen=True)
+class ResolvedEndpoint:
+    """An endpoint with its external address looked up on the host."""
+
+    endpoint: Endpoint
+    external_address: str
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.endpoint_name
+
+    @property
+    def settings_path(self) -> Path:
+        return self.run_dir / "settings.json"
+
+    @property
+    def config_path(self) -> Path:
+        return self.run_dir / "kamailio.cfg"
+
+    @property
+    def rpc_socket(self) -> Path:
+        return self.run_dir / "rpc.sock"
+
+
+def interface_address(interface: str) -> str:
+    addrs = psutil.net_if_addrs().get(interface)
+    if addrs is None:
+        known = ", ".join(sorted(psutil.net_if_addrs())) or "none"
+        raise InterfaceError(f"network interface {interface!r} does not exist (this host has: {known})")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for addr in addrs:
+            if addr.family == family and not addr.address.startswith("fe80"):
+                return addr.address.split("%")[0]
+    raise InterfaceError(f"network interface {interface!r} has no IP address; assign one or set external_address")
+
+
+def resolve_endpoint(config: Config, endpoint: Endpoint) -> ResolvedEndpoint:
+    address = endpoint.external_address or interface_address(endpoint.interface)
+    run_dir = config.state_path / "run" / endpoint.endpoint_name
+    return ResolvedEndpoint(endpoint, address, run_dir)
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _advertise(endpoint: Endpoint) -> tuple[str, int] | None:
+    if not endpoint.advertise:
+        return None
+    from trunkproxy.routing.addresses import parse_hostport
+
+    return parse_hostport(endpoint.advertise, endpoint.external_port)
+
+
+def settings_json(config: Config, resolved: ResolvedEndpoint, secret: bytes, events_socket: str | None,
+                  provider_overrides: dict[str, dict] | None = None) -> str:
+    """What the routing code inside Kamailio reads (trunkproxy.routing.settings)."""
+    ep = resolved.endpoint
+    adv = _advertise(ep)
+    internal = {t: {"bind": _hostport(ep.internal_address, ep.internal_port)} for t in ep.transports}
+    external = {}
+    for t in ep.transports:
+        entry = {"bind": _hostport(resolved.external_address, ep.external_port)}
+        if adv:
+            entry["advertise"] = _hostport(*adv)
+        external[t] = entry
+    providers = {host: {"addresses": list(p.addresses), "transport": p.transport} for host, p in config.providers.items()}
+    for host, override in (provider_overrides or {}).items():
+        merged = dict(providers.get(host.lower(), {"addresses": [], "transport": None}))
+        merged.update({k: v for k, v in override.items() if v is not None})
+        providers[host.lower()] = merged
+    return json.dumps({
+        "name": ep.endpoint_name,
+        "secret": secret.hex(),
+        "internal": internal,
+        "external": external,
+        "instance_networks": list(config.proxy.instance_networks),
+        "providers": providers,
+        "path": ep.path,
+        "events_socket": events_socket,
+    }, indent=2)
+
+
+def _listen_lines(resolved: ResolvedEndpoint) -> list[str]:
+    ep = resolved.endpoint
+    adv = _advertise(ep)
+    lines = []
+    for t in ep.transports:
+        lines.append(f'listen={t}:{_hostport(ep.internal_address, ep.internal_port)} name "int_{t}"')
+    for t in ep.transports:
+        advertise = f" advertise {_hostport(*adv)}" if adv else ""
+        lines.append(f'listen={t}:{_hostport(resolved.external_address, ep.external_port)}{advertise} name "ext_{t}"')
+    return lines
+
+
+def kamailio_cfg(config: Config, resolved: ResolvedEndpoint, aliases: list[str] = ()) -> str:
+    ep = resolved.endpoint
+    template = resources.files("trunkproxy.kamailio").joinpath("templates/endpoint.cfg").read_text()
+    entry = Path(__file__).with_name("kemi_entry.py")
+    is_internal = " || ".join(f'$Rn == "int_{t}"' for t in ep.transports)
+    networks = ",".join(str(ipaddress.ip_network(n, strict=False)) for n in config.proxy.instance_networks)
+    listen = _listen_lines(resolved) + [f'alias="{a}"' for a in aliases]
+    values = {
+        "NAME": ep.endpoint_name,
+        "DEBUG": {"debug": "3", "info": "1", "warning": "1", "error": "0"}[config.proxy.log_level],
+        "WORKERS": str(config.proxy.workers),
+        "TCP_KEEPIDLE": str(max(ep.keepalive_interval, 10)),
+        "LISTEN": "\n".join(listen),
+        "RUN_DIR": str(resolved.run_dir),
+        "FR_TIMER": str(config.proxy.provider_timeout_ms),
+        "FR_INV_TIMER": str(config.proxy.invite_timeout_ms),
+        "KNOWN_TTL": "7200",
+        "KEMI_ENTRY": str(entry),
+        "IS_INTERNAL": is_internal,
+        "INSTANCE_NETWORKS": networks,
+    }
+    for key, value in values.items():
+        template = template.replace(f"@@{key}@@", value)
+    return template
+
+
+def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

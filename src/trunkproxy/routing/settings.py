@@ -1,0 +1,96 @@
+"""What the routing code knows about its endpoint, read from the JSON the control plane writes.
+
+Stdlib only: this runs inside Kamailio's embedded interpreter.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+
+from trunkproxy.routing.addresses import parse_hostport
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRoute:
+    """How to reach one registrar host: pinned addresses (else DNS) and a forced transport."""
+
+    addresses: tuple[tuple[str, int], ...] = ()
+    transport: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Socket:
+    transport: str
+    host: str
+    port: int
+    advertised_host: str
+    advertised_port: int
+
+    def spec(self) -> str:
+        """Kamailio's socket notation, as `$fs` takes it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+    def advertised_hostport(self) -> str:
+        host = self.advertised_host
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{self.advertised_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSettings:
+    name: str
+    secret: bytes
+    internal: dict[str, Socket]
+    external: dict[str, Socket]
+    instance_networks: tuple[IpNetwork, ...]
+    providers: dict[str, ProviderRoute] = field(default_factory=dict)
+    path: bool = True
+    events_socket: str | None = None
+    pinned_ips: frozenset[str] = frozenset()
+    """Addresses of providers pinned in the configuration: known sources from the start."""
+
+    def is_instance_source(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.instance_networks)
+
+
+def _sockets(raw: dict) -> dict[str, Socket]:
+    out = {}
+    for transport, entry in raw.items():
+        host, port = parse_hostport(entry["bind"])
+        adv_host, adv_port = parse_hostport(entry.get("advertise") or entry["bind"], port)
+        out[transport] = Socket(transport, host, port, adv_host, adv_port)
+    return out
+
+
+def providers_from_json(raw: dict) -> dict[str, ProviderRoute]:
+    return {
+        host.lower(): ProviderRoute(
+            tuple(parse_hostport(a) for a in entry.get("addresses", ())),
+            entry.get("transport"),
+        )
+        for host, entry in raw.items()
+    }
+
+
+def settings_from_json(text: str) -> EndpointSettings:
+    raw = json.loads(text)
+    providers = providers_from_json(raw.get("providers", {}))
+    return EndpointSettings(
+        name=raw["name"],
+        secret=bytes.fromhex(raw["secret"]),
+        internal=_sockets(raw["internal"]),
+        external=_sockets(raw["external"]),
+        instance_networks=tuple(ipaddress.ip_network(n, strict=False) for n in raw["instance_networks"]),
+        providers=providers,
+        path=bool(raw.get("path", True)),
+        events_socket=raw.get("events_socket"),
+        pinned_ips=frozenset(host for p in providers.values() for host, _port in p.addresses),
+    )

@@ -1,0 +1,163 @@
+"""`trunkproxy run`: one Kamailio per interface endpoint, supervised, plus the control plane."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+
+from trunkproxy.config.model import Config
+from trunkproxy.kamailio.process import KamailioProcess, kamailio_argv
+from trunkproxy.kamailio.render import (
+    InterfaceError,
+    ResolvedEndpoint,
+    kamailio_cfg,
+    resolve_endpoint,
+    settings_json,
+    write_atomically,
+)
+from trunkproxy.kamailio.rpc import RpcError, rpc_call
+from trunkproxy.secret import load_or_create_secret
+
+log = logging.getLogger("trunkproxy.supervisor")
+
+
+class StartupError(Exception):
+    pass
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.hostname = config.proxy.hostname or socket.gethostname().split(".")[0]
+        self.endpoints: list[ResolvedEndpoint] = []
+        self.processes: dict[str, KamailioProcess] = {}
+        self.secret = b""
+        self.provider_overrides: dict[str, dict] = {}
+        self.events_socket = str(config.state_path / "run" / "events.sock")
+
+    def consul_name(self, endpoint_name: str) -> str:
+        c = self.config.consul
+        return f"{self.hostname}-{endpoint_name}.{c.service}.service.{c.domain}"
+
+    def prepare(self) -> None:
+        if shutil.which(self.config.proxy.kamailio_binary) is None:
+            raise StartupError(f"{self.config.proxy.kamailio_binary!r} not found: install Debian's kamailio and "
+                               "kamailio-python3-modules (scripts/install-system-deps does)")
+        if not self.config.endpoints:
+            raise StartupError("no [[endpoints]] configured: add at least one (see docs/configuration.md)")
+        self.secret = load_or_create_secret(self.config.state_path)
+        for endpoint in self.config.endpoints:
+            try:
+                self.endpoints.append(resolve_endpoint(self.config, endpoint))
+            except InterfaceError as exc:
+                raise StartupError(f"endpoint {endpoint.endpoint_name}: {exc}") from exc
+        for resolved in self.endpoints:
+            resolved.run_dir.mkdir(parents=True, exist_ok=True)
+            self.write_settings(resolved)
+            aliases = [self.consul_name(resolved.name)]
+            write_atomically(resolved.config_path, kamailio_cfg(self.config, resolved, aliases))
+
+    def write_settings(self, resolved: ResolvedEndpoint) -> None:
+        text = settings_json(self.config, resolved, self.secret, self.events_socket, self.provider_overrides)
+        write_atomically(resolved.settings_path, text, mode=0o600)
+
+    def set_provider_overrides(self, overrides: dict[str, dict]) -> None:
+        """Live change of forced provider settings (e.g. transport=tcp from Consul KV)."""
+        self.provider_overrides = overrides
+        for resolved in self.endpoints:
+            self.write_settings(resolved)
+        log.info("provider settings updated on %d endpoint(s): %s", len(self.endpoints),
+                 ", ".join(sorted(overrides)) or "none")
+
+    async def start(self) -> None:
+        proxy = self.config.proxy
+        for resolved in self.endpoints:
+            env = dict(os.environ, TRUNKPROXY_ENDPOINT_SETTINGS=str(resolved.settings_path))
+            argv = kamailio_argv(proxy.kamailio_binary, resolved.config_path, resolved.run_dir, proxy.shm_mb, proxy.pkg_mb)
+            process = KamailioProcess(resolved.name, argv, env)
+            self.processes[resolved.name] = process
+            await process.start()
+        for resolved in self.endpoints:
+            await self._wait_ready(resolved)
+
+    async def _wait_ready(self, resolved: ResolvedEndpoint, timeout: float = 15.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if self.processes[resolved.name].status.state != "running":
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                await rpc_call(resolved.rpc_socket, "core.version", timeout=0.5)
+                ep = resolved.endpoint
+                log.info("endpoint %s ready: internal %s:%d, external %s:%d (%s)", resolved.name,
+                         ep.internal_address, ep.internal_port, resolved.external_address, ep.external_port,
+                         ",".join(ep.transports))
+                return
+            except RpcError:
+                await asyncio.sleep(0.2)
+        raise StartupError(f"endpoint {resolved.name}: kamailio did not come up within {timeout:.0f}s "
+                           "(see its log lines above)")
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self.processes.values()), return_exceptions=True)
+
+    def endpoint_status(self) -> list[dict]:
+        out = []
+        for resolved in self.endpoints:
+            ep = resolved.endpoint
+            process = self.processes.get(resolved.name)
+            status = process.status if process else None
+            out.append({
+                "name": resolved.name,
+                "interface": ep.interface,
+                "internal": f"{ep.internal_address}:{ep.internal_port}",
+                "external": f"{resolved.external_address}:{ep.external_port}",
+                "transports": list(ep.transports),
+                "consul_name": self.consul_name(resolved.name),
+                "pid": status.pid if status else None,
+                "state": status.state if status else "stopped",
+                "uptime_s": status.uptime() if status else None,
+                "restarts": status.restarts if status else 0,
+            })
+        return out
+
+    async def kamailio_stats(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for resolved in self.endpoints:
+            try:
+                out[resolved.name] = await rpc_call(resolved.rpc_socket, "stats.get_statistics", "all")
+            except RpcError as exc:
+                log.debug("stats of %s unavailable: %s", resolved.name, exc)
+        return out
+
+
+async def _main(config: Config) -> int:
+    supervisor = Supervisor(config)
+    try:
+        supervisor.prepare()
+    except (StartupError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    stop_event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_event.set)
+    try:
+        await supervisor.start()
+        log.info("trunkproxy running with %d endpoint(s); SIGTERM or Ctrl-C stops it", len(supervisor.endpoints))
+        await stop_event.wait()
+        log.info("stopping")
+        return 0
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        await supervisor.stop()
+
+
+def run_forever(config: Config) -> int:
+    return asyncio.run(_main(config))
