@@ -1,0 +1,43 @@
+import pytest
+
+from trunkproxy.config.load import ConfigError, load_config
+
+
+def test_embedded_default_when_no_file(monkeypatch, tmp_path):
+    monkeypatch.setattr("trunkproxy.config.load.DEFAULT_PATH", tmp_path / "absent.toml")
+    config = load_config(None)
+    assert [e.endpoint_name for e in config.endpoints] == ["iflo"]
+    assert config.endpoints[0].internal_port == 5060 and config.endpoints[0].external_port == 5080
+
+
+def test_full_file(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text("""
+[proxy]
+hostname = "csphost01"
+instance_networks = ["10.0.3.0/24"]
+[[endpoints]]
+interface = "ens5"
+internal_address = "10.0.3.1"
+[providers."tel.t-online.de"]
+transport = "tcp"
+addresses = ["192.0.2.10:5060", "192.0.2.11"]
+""")
+    config = load_config(path)
+    assert config.endpoints[0].endpoint_name == "ifens5"
+    assert config.providers["tel.t-online.de"].transport == "tcp"
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("[proxy]\nworkerz = 3\n", "key `proxy.workerz`: unknown key"),
+    ("[[endpoints]]\ninterface = 'lo'\nexternal_port = 70000\n", "key `endpoints.0.external_port`"),
+    ("[proxy]\ninstance_networks = ['10.0.0.0/33']\n", "is not an IP network"),
+    ("[providers.'x.test']\naddresses = ['x.test:5060']\n", "pinned addresses must be IP[:PORT]"),
+    ("[proxy\n", "not valid TOML"),
+])
+def test_errors_name_file_and_key(tmp_path, body, expected):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and expected in str(info.value)

@@ -1,0 +1,50 @@
+"""The generated Kamailio config is accepted by the real Kamailio (`kamailio -c`)."""
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from trunkproxy.config.model import Config, Endpoint, Provider, ProxySettings
+from trunkproxy.kamailio.render import InterfaceError, interface_address, kamailio_cfg, resolve_endpoint, settings_json
+from trunkproxy.routing.settings import settings_from_json
+
+
+def _config(tmp_path, **endpoint):
+    return Config(
+        proxy=ProxySettings(state_dir=str(tmp_path)),
+        endpoints=[Endpoint(interface="lo", internal_port=5390, external_port=5391, **endpoint)],
+        providers={"tel.example.test": Provider(addresses=["192.0.2.10:5060"], transport="tcp")},
+    )
+
+
+@pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed (scripts/install-system-deps)")
+@pytest.mark.parametrize("extra", [{}, {"advertise": "203.0.113.1:5070"}, {"transports": ["udp"]}])
+def test_kamailio_accepts_generated_config(tmp_path, extra):
+    config = _config(tmp_path, **extra)
+    resolved = resolve_endpoint(config, config.endpoints[0])
+    resolved.run_dir.mkdir(parents=True)
+    resolved.config_path.write_text(kamailio_cfg(config, resolved, ["host-iflo.cs-proxy.service.pascom"]))
+    resolved.settings_path.write_text(settings_json(config, resolved, b"s" * 32, None))
+    result = subprocess.run([shutil.which("kamailio"), "-c", "-f", str(resolved.config_path)], capture_output=True, text=True,
+                            env={"TRUNKPROXY_ENDPOINT_SETTINGS": str(resolved.settings_path), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                            timeout=30)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_settings_round_trip_with_live_overrides(tmp_path):
+    config = _config(tmp_path, advertise="203.0.113.1:5070")
+    resolved = resolve_endpoint(config, config.endpoints[0])
+    text = settings_json(config, resolved, b"s" * 32, "/run/ev.sock", {"sip.new.test": {"transport": "tcp"}})
+    settings = settings_from_json(text)
+    assert settings.external["udp"].advertised_hostport() == "203.0.113.1:5070"
+    assert settings.external["udp"].spec() == "udp:127.0.0.1:5391"
+    assert settings.providers["tel.example.test"].addresses == (("192.0.2.10", 5060),)
+    assert settings.providers["sip.new.test"].transport == "tcp"
+    assert settings.pinned_ips == frozenset({"192.0.2.10"})
+    assert json.loads(text)["events_socket"] == "/run/ev.sock"
+
+
+def test_missing_interface_is_named():
+    with pytest.raises(InterfaceError, match="'ens99' does not exist"):
+        interface_address("ens99")
