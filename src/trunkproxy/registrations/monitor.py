@@ -37,14 +37,19 @@ def _quote(value: Any) -> str:
     return text
 
 
-def format_change(change: StateChange) -> str:
-    """The structured log line for one state change."""
-    fields = {
+def change_fields(change: StateChange) -> dict[str, Any]:
+    """The fields of a state change's log line (also attached to the record as `registration`)."""
+    return {
         "endpoint": change.key.endpoint, "trunk": change.trunk, "aor": change.key.aor,
         "registrar": change.key.registrar, "flow": change.key.flow,
         "old": change.old.value if change.old else None, "new": change.new.value,
         "code": change.code, "reason": change.reason,
     }
+
+
+def format_change(change: StateChange) -> str:
+    """The structured log line for one state change: `registration key=value ...`."""
+    fields = change_fields(change)
     return "registration " + " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
 
 
@@ -75,7 +80,7 @@ class RegistrationMonitor:
         self._store = RegistrationStore(self.database_path)
         self.book = RegistrationBook(self._store.load(), reply_timeout=self.book.reply_timeout,
                                      forget_after=self.book.forget_after)
-        log.info("registration monitor: %d registrations loaded from %s", len(self.book), self.database_path)
+        log.info("monitoring registrations: %d loaded from %s", len(self.book), self.database_path)
         try:
             await self.receiver.start()
         except Exception:
@@ -132,7 +137,7 @@ class RegistrationMonitor:
             return
         for update in updates:
             if update.change is not None:
-                log.info(format_change(update.change))
+                log.info(format_change(update.change), extra={"registration": change_fields(update.change)})
         if self._store is None:
             return
         try:

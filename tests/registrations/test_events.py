@@ -1,0 +1,57 @@
+"""Event datagrams: recorded good vectors parse, bad ones (named by their defect) raise EventError."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trunkproxy.registrations.events import (
+    EventError,
+    RegisterReply,
+    RegisterRequest,
+    RegistrationKey,
+    encode_event,
+    parse_event,
+)
+
+VECTORS = Path(__file__).parent / "vectors"
+GOOD = sorted(VECTORS.glob("*.json"))
+BAD = sorted((VECTORS / "bad").glob("*.json"))
+
+
+def test_request_vector():
+    event = parse_event((VECTORS / "request_register.json").read_bytes())
+    assert event == RegisterRequest(
+        key=RegistrationKey("iflo", "sip:4930123@tel.example.test", "tel.example.test", "udp:127.0.0.1:5062"),
+        ts=1764300000.12, call_id="a84b4c76e66710", cseq=2, expires=3600)
+
+
+def test_deregister_and_absent_expires():
+    assert parse_event((VECTORS / "request_deregister.json").read_bytes()).expires == 0
+    assert parse_event((VECTORS / "request_no_expires.json").read_bytes()).expires is None
+
+
+def test_reply_vectors():
+    ok = parse_event((VECTORS / "reply_200_ok.json").read_bytes())
+    assert isinstance(ok, RegisterReply) and (ok.code, ok.reason, ok.expires, ok.local) == (200, "OK", 600, False)
+    brief = parse_event((VECTORS / "reply_423_min_expires.json").read_bytes())
+    assert (brief.code, brief.min_expires) == (423, 600)
+    timeout = parse_event((VECTORS / "reply_408_local_timeout.json").read_bytes())
+    assert (timeout.code, timeout.local) == (408, True)
+    assert parse_event((VECTORS / "reply_unknown_field_ignored.json").read_bytes()).code == 200
+
+
+@pytest.mark.parametrize("path", GOOD, ids=lambda p: p.stem)
+def test_good_vectors_roundtrip_through_encode(path):
+    event = parse_event(path.read_bytes())
+    assert parse_event(encode_event(event)) == event
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_bad_vectors_raise_event_error(path):
+    with pytest.raises(EventError):
+        parse_event(path.read_bytes())
+
+
+def test_event_error_is_a_value_error():
+    assert issubclass(EventError, ValueError)
