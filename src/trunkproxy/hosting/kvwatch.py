@@ -40,7 +40,8 @@ class ConsulHealth:
 
     def down(self, exc: Exception, what: str) -> None:
         if self.reachable is not False:
-            log.warning("%s; keeping the last good %s and retrying with backoff", exc, what)
+            log.warning("%s (%s); the last good outbound proxy configuration stays in force, "
+                        "retrying with backoff", exc, what)
         else:
             log.debug("still unreachable: %s", exc)
         self.reachable = False
@@ -78,7 +79,7 @@ class KvWatcher:
             try:
                 kv = await self.client.kv_get(self.key, index=index or None, wait=self.wait)
             except ConsulUnavailable as exc:
-                self.health.down(exc, "outbound proxy configuration")
+                self.health.down(exc, f"watching {self.key}")
                 await asyncio.sleep(self.backoff.next())
                 continue
             except ConsulError as exc:

@@ -172,7 +172,7 @@ class HostingLive:
                 if self.check == "ttl":
                     await self._report_ttl()
             except ConsulUnavailable as exc:
-                self.health.down(exc, "service registration")
+                self.health.down(exc, "registering endpoints")
                 await asyncio.sleep(backoff.next())
                 continue
             except ConsulError as exc:

@@ -18,8 +18,8 @@ __all__ = ["OUTPUT_NAME", "PjsipSettings", "render_pjsip", "masked_diff", "write
 
 OUTPUT_NAME = "pjsip_trunkproxy.conf"
 """The file apply writes into the output directory; include it from pjsip.conf (`#include pjsip_trunkproxy.conf`)."""
-_UNESCAPED_SEMICOLON = re.compile(r"(?<!\\);")
 _SECRET_LINE = re.compile(r"^(password=).*$", re.MULTILINE)
+_SECRET_LINE_WHOLE = re.compile(r"^password=.*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,8 @@ def _section(name: str, section_type: str, settings: list[tuple[str, str]]) -> l
 
 
 def _escape(value: str) -> str:
-    return _UNESCAPED_SEMICOLON.sub(r"\\;", value)
+    """Every `;` becomes `\\;` (Asterisk removes the backslash when reading; `\\;` in data reads back as `\\;`)."""
+    return value.replace(";", "\\;")
 
 
 def masked_diff(old: str, new: str, path: str) -> str:
@@ -124,6 +125,6 @@ def masked_diff(old: str, new: str, path: str) -> str:
     old_m, new_m = _SECRET_LINE.sub(r"\g<1>" + MASK, old), _SECRET_LINE.sub(r"\g<1>" + MASK, new)
     diff = "".join(difflib.unified_diff(old_m.splitlines(keepends=True), new_m.splitlines(keepends=True),
                                         fromfile=f"{path} (current)", tofile=f"{path} (apply)"))
-    if old != new and _SECRET_LINE.findall(old) != _SECRET_LINE.findall(new):
+    if old != new and _SECRET_LINE_WHOLE.findall(old) != _SECRET_LINE_WHOLE.findall(new):
         diff += f"# {path}: secrets changed (not shown)\n"
     return diff
