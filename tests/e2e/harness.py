@@ -248,7 +248,8 @@ class KamailioProcess:
             return ""
 
     def log_tail(self, lines: int = 80) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
+        """The last lines of the log, E2E-RCV/SND lines decoded to a readable summary."""
+        return "\n".join(_readable(line) for line in self.log().splitlines()[-lines:])
 
     def wait_for_log(self, pattern: str, timeout: float = 5.0) -> re.Match:
         """Wait until `pattern` (regex) appears in the log; return the match."""
@@ -279,6 +280,20 @@ class KamailioProcess:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _readable(line: str) -> str:
+    m = re.search(r"E2E-(RCV|SND)\|([^|]*)\|([^|]*)\|([^|]*)\|([A-Za-z0-9+/=]+)", line)
+    if not m:
+        return line
+    kind, ip, port, proto, b64 = m.groups()
+    try:
+        msg = SipMessage.parse(base64.b64decode(b64).decode(errors="replace"))
+    except ValueError:
+        return line
+    arrow = "<-" if kind == "RCV" else "->"
+    return (f"{line[:m.start()]}{kind} {arrow} {ip}:{port}/{proto}: {msg.start_line} | "
+            f"CSeq: {msg.header('CSeq')} | Call-ID: {msg.header('Call-ID')}")
 
 
 # --------------------------------------------------------------------------- provider
@@ -453,9 +468,7 @@ KEY_DEFAULTS = {
     "from_user": "4989000",
     "to_user": "4930111",
     "callee": "4989123",
-    "hold_ms": "200",
-    "ring_ms": "0",
-    "call_seconds": "1",
+    "extra_header": "X-E2E: pbx",
 }
 
 
@@ -597,7 +610,7 @@ class Sipp:
                 and not re.fullmatch(r"field\d+", n)}
 
     def _build(self, scenario, target, *, vars, calls, rate, transport, local_ip, local_port,
-               rsa, timeout, netns, extra_args, inf_rows):
+               rsa, timeout, netns, extra_args, inf_rows, pause_ms=None):
         path = self.scenario_path(scenario)
         run = f"{path.stem}-{next(_run_ids)}-{uuid.uuid4().hex[:6]}"
         files = {k: self.workdir / f"{run}.{k}" for k in ("stats", "errors", "messages", "stdout")}
@@ -610,11 +623,16 @@ class Sipp:
         missing = keys - set(values)
         if missing:
             raise ValueError(f"{path.name}: no value for key(s) {sorted(missing)}")
+        # A scenario may ask for other default behaviours in its comment block, e.g.
+        # "default_behaviors: all" (abort on unexpected messages, so a 403 fails a REGISTER
+        # at once). Calls keep "all,-abortunexp": a multi-worker proxy may reorder 180/200.
+        m = re.search(r"default_behaviors:\s*(\S+)", path.read_text())
+        behaviors = m.group(1) if m else "all,-abortunexp"
         cmd = netns_prefix(netns) + [
-            SIPP, *( [target] if target else [] ), "-sf", str(path), "-t", tflag,
+            SIPP, *([target] if target else []), "-sf", str(path), "-t", tflag,
             "-i", local_ip, "-p", str(local_port), "-m", str(calls),
             "-timeout", f"{timeout}s", "-timeout_error", "-nostdin", "-aa",
-            "-default_behaviors", "all,-abortunexp",
+            "-default_behaviors", behaviors,
             "-trace_stat", "-stf", str(files["stats"]), "-fd", "1",
             "-trace_err", "-error_file", str(files["errors"]),
             "-trace_msg", "-message_file", str(files["messages"]),
@@ -622,6 +640,8 @@ class Sipp:
         ]
         if rate:
             cmd += ["-r", str(rate)]
+        if pause_ms is not None:
+            cmd += ["-d", str(int(pause_ms))]
         if rsa:
             cmd += ["-rsa", rsa]
         plain = {kk: vv for kk, vv in values.items() if "{" not in vv}
@@ -646,8 +666,8 @@ class Sipp:
             vars: Mapping[str, object] | None = None, calls: int = 1, rate: float | None = None,
             transport: str = "udp", local_ip: str = "127.0.0.1", local_port: int | None = None,
             rsa: str | None = None, timeout: float = 15, netns: str | None = None,
-            extra_args: Sequence[str] = (), inf_rows: Iterable[Sequence] | None = None
-            ) -> SippResult:
+            pause_ms: int | None = None, extra_args: Sequence[str] = (),
+            inf_rows: Iterable[Sequence] | None = None) -> SippResult:
         """Run a client scenario to completion (at most `timeout` s) and return its result.
 
         target: 'ip:port' the R-URI/remote is built from ([remote_ip]); rsa: 'ip:port' where
@@ -656,7 +676,7 @@ class Sipp:
         path, files, cmd, _ = self._build(
             scenario, target, vars=vars, calls=calls, rate=rate, transport=transport,
             local_ip=local_ip, local_port=local_port, rsa=rsa, timeout=timeout, netns=netns,
-            extra_args=extra_args, inf_rows=inf_rows)
+            pause_ms=pause_ms, extra_args=extra_args, inf_rows=inf_rows)
         with open(files["stdout"], "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
@@ -672,15 +692,15 @@ class Sipp:
                    vars: Mapping[str, object] | None = None, calls: int = 1,
                    transport: str = "udp", local_ip: str = "127.0.0.1",
                    local_port: int | None = None, rsa: str | None = None, timeout: float = 30,
-                   netns: str | None = None, extra_args: Sequence[str] = (),
-                   inf_rows: Iterable[Sequence] | None = None,
+                   netns: str | None = None, pause_ms: int | None = None,
+                   extra_args: Sequence[str] = (), inf_rows: Iterable[Sequence] | None = None,
                    ready_timeout: float = 5.0) -> SippProcess:
         """Start SIPp in the background (a UAS when target is None). It exits by itself after
         `calls` calls or `timeout` s; `.wait()`/`.stop()` collect the result."""
         path, files, cmd, local = self._build(
             scenario, target, vars=vars, calls=calls, rate=None, transport=transport,
             local_ip=local_ip, local_port=local_port, rsa=rsa, timeout=timeout, netns=netns,
-            extra_args=extra_args, inf_rows=inf_rows)
+            pause_ms=pause_ms, extra_args=extra_args, inf_rows=inf_rows)
         out = open(files["stdout"], "wb")
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
