@@ -19,6 +19,7 @@ from trunkproxy.kamailio.render import (
     write_atomically,
 )
 from trunkproxy.kamailio.rpc import RpcError, rpc_call
+from trunkproxy.registrations import paths as registration_paths
 from trunkproxy.secret import load_or_create_secret
 
 log = logging.getLogger("trunkproxy.supervisor")
@@ -36,7 +37,7 @@ class Supervisor:
         self.processes: dict[str, KamailioProcess] = {}
         self.secret = b""
         self.provider_overrides: dict[str, dict] = {}
-        self.events_socket = str(config.state_path / "run" / "events.sock")
+        self.events_socket = str(registration_paths.socket_path(config.state_path))
 
     def consul_name(self, endpoint_name: str) -> str:
         c = self.config.consul
@@ -135,6 +136,50 @@ class Supervisor:
         return out
 
 
+class ControlPlane:
+    """Everything `trunkproxy run` runs beside the Kamailios: monitor, API, keepalives."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        from trunkproxy.keepalive import KeepaliveTargets
+        from trunkproxy.registrations.monitor import RegistrationMonitor
+
+        self.supervisor = supervisor
+        config = supervisor.config
+        self.keepalive_targets = KeepaliveTargets()
+        self.monitor = RegistrationMonitor(config.state_path, socket_path=supervisor.events_socket,
+                                           listeners=[self.keepalive_targets.observe])
+        self.api = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        import time
+
+        from trunkproxy.api.app import create_api_app
+        from trunkproxy.api.server import ApiServer
+        from trunkproxy.keepalive import run_keepalives
+
+        config = self.supervisor.config
+        await self.monitor.start()
+        if config.api.enabled:
+            app = create_api_app(self.monitor, self.supervisor.endpoint_status, self.supervisor.kamailio_stats)
+            self.api = ApiServer(app, config.api.listen, config.api.port)
+            await self.api.start()
+            log.info("HTTP API on %s (/api/registrations, /api/endpoints, /metrics)", self.api.url)
+        for resolved in self.supervisor.endpoints:
+            interval = resolved.endpoint.keepalive_interval
+            if interval > 0:
+                self._tasks.append(asyncio.create_task(run_keepalives(
+                    resolved.name, resolved.rpc_socket, interval, self.keepalive_targets, time.time)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.api is not None:
+            await self.api.stop()
+        await self.monitor.stop()
+
+
 async def _main(config: Config) -> int:
     supervisor = Supervisor(config)
     try:
@@ -146,17 +191,20 @@ async def _main(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_event.set)
+    control = ControlPlane(supervisor)
     try:
+        await control.start()
         await supervisor.start()
         log.info("trunkproxy running with %d endpoint(s); SIGTERM or Ctrl-C stops it", len(supervisor.endpoints))
         await stop_event.wait()
         log.info("stopping")
         return 0
-    except StartupError as exc:
+    except (StartupError, OSError) as exc:
         log.error("%s", exc)
         return 1
     finally:
         await supervisor.stop()
+        await control.stop()
 
 
 def run_forever(config: Config) -> int:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from trunkproxy.registrations import paths
 from trunkproxy.registrations.events import RegisterEvent
@@ -63,10 +63,13 @@ class RegistrationMonitor:
     def __init__(self, state_dir: Path | str, *, socket_path: Path | str | None = None,
                  database_path: Path | str | None = None, attribute_trunk: TrunkLookup | None = None,
                  clock: Callable[[], float] = time.time, reply_timeout: float = 64.0,
-                 forget_after: float = 86400.0) -> None:
+                 forget_after: float = 86400.0,
+                 listeners: Sequence[Callable[[RegisterEvent], None]] = ()) -> None:
         self.socket_path = Path(socket_path) if socket_path else paths.socket_path(state_dir)
         self.database_path = Path(database_path) if database_path else paths.database_path(state_dir)
         self.attribute_trunk = attribute_trunk
+        self.listeners = tuple(listeners)
+        """Also told of every event (e.g. the keepalive sender learns providers from them)."""
         self.clock = clock
         self.book = RegistrationBook(reply_timeout=reply_timeout, forget_after=forget_after)
         self.receiver = EventReceiver(self.socket_path, self.handle_event)
@@ -103,6 +106,8 @@ class RegistrationMonitor:
 
     def handle_event(self, event: RegisterEvent) -> None:
         """Apply one REGISTER event (called by the receiver; usable directly)."""
+        for listener in self.listeners:
+            listener(event)
         trunk = self._trunk_of(event.key.aor, event.key.registrar)
         update = self.book.handle(event, self.clock(), trunk)
         if update is not None:
