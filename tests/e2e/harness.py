@@ -298,6 +298,10 @@ def _readable(line: str) -> str:
 
 # --------------------------------------------------------------------------- provider
 
+# $sndto(proto) is a number in Kamailio; $pr is a name
+_PROTO_NUMBERS = {"1": "udp", "2": "tcp", "3": "tls", "4": "sctp", "5": "ws", "6": "wss"}
+
+
 @dataclass
 class LoggedMessage:
     """A message the provider received (direction 'in') or sent ('out')."""
@@ -383,7 +387,7 @@ class ProviderRegistrar(KamailioProcess):
                 text = base64.b64decode(b64).decode(errors="replace")
             except ValueError:
                 continue
-            peer = (ip, int(port) if port.isdigit() else 0, proto)
+            peer = (ip, int(port) if port.isdigit() else 0, _PROTO_NUMBERS.get(proto, proto))
             out.append(LoggedMessage(direction, peer, SipMessage.parse(text, peer)))
         return out
 

@@ -92,49 +92,50 @@ def test_options_to_the_provider_gets_200(provider):
 # --------------------------------------------------------------------------- calls
 
 def test_provider_caller_reaches_a_directly_registered_pbx(provider, sipp):
-    uas = sipp.background("pbx_uas", vars={"user": "4930222", "contact_host": f"127.0.0.1:{free_port()}"})
-    # the PBX registers its real address; the 200 carries an unrelated Contact that is only
-    # used for in-dialog requests, so make it the UAS too
-    uas_vars = {"user": "4930222", "password": "secret222", "contact_host": uas.hostport}
-    sipp.run("pbx_register", provider.hostport, vars=uas_vars).assert_ok()
-    uas.stop()  # restart it with its own address in the Contact of its replies
-    uas = sipp.background("pbx_uas", local_port=uas.local_port,
-                          vars={"user": "4930222", "contact_host": uas.hostport})
+    port = free_port()
+    pbx = {"user": "4930222", "password": "secret222", "contact_host": f"127.0.0.1:{port}"}
+    uas = sipp.background("pbx_uas", local_port=port, vars=pbx)
+    sipp.run("pbx_register", provider.hostport, vars=pbx).assert_ok()
 
     res = sipp.run("provider_uac", provider.hostport, vars={"to_user": "4930222"}, pause_ms=100)
     res.assert_ok(calls=1)
     uas.wait(timeout=10).assert_ok(calls=1)
 
     invites = [m for m in provider.sent("INVITE") if m.is_request]
-    assert invites and invites[0].peer[:2] == ("127.0.0.1", uas.local_port)
-    assert invites[0].ruri.startswith(f"sip:4930222@{uas.hostport}")
-    # record-routed by the provider: BYE came back through it
+    assert len(invites) == 1 and invites[0].peer[:2] == ("127.0.0.1", port)
+    assert invites[0].ruri.startswith(f"sip:4930222@127.0.0.1:{port}")
+    # record-routed by the provider: ACK and BYE came back through it
+    assert [m for m in provider.received("ACK") if m.is_request]
     assert [m for m in provider.received("BYE") if m.is_request]
 
 
 @pytest.mark.parametrize("pbx_hangs_up", [False, True], ids=["caller-hangs-up", "pbx-hangs-up"])
-def test_inbound_call_follows_the_path_not_the_contact(provider, sipp, pbx_hangs_up):
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_inbound_call_follows_the_path_not_the_contact(provider, sipp, pbx_hangs_up, transport):
     """A registration with Path (as the proxy will add) and an unreachable Contact: the
-    provider sends the INVITE to the Path URI with the Contact as R-URI."""
+    provider sends the INVITE to the Path URI, with the registered Contact as R-URI.
+    The PBX UAS stands in for the proxy here, so its own replies carry a reachable Contact."""
+    port = free_port()
+    hop = f"127.0.0.1:{port}" + (";transport=tcp" if transport == "tcp" else "")
     uas = sipp.background("pbx_uas_hangup" if pbx_hangs_up else "pbx_uas", pause_ms=100,
-                          vars={"contact_host": f"127.0.0.1:{0}"} if False else None)
-    # in-dialog requests towards the PBX need a reachable Contact in its 200: the UAS itself
-    uas.stop()
-    uas = sipp.background("pbx_uas_hangup" if pbx_hangs_up else "pbx_uas", pause_ms=100,
-                          local_port=uas.local_port, vars={"contact_host": uas.hostport})
-    path = f"Path: <sip:{uas.hostport};lr>"
-    sipp.run("pbx_register", provider.hostport, vars={"extra_header": path}).assert_ok()
-    assert provider.contacts("4930111")[0]["path"] == f"<sip:{uas.hostport};lr>"
+                          local_port=port, transport=transport,
+                          vars={"contact_host": f"127.0.0.1:{port}"})
+    path = f"<sip:{hop};lr>"
+    sipp.run("pbx_register", provider.hostport, vars={"extra_header": f"Path: {path}"}).assert_ok()
+    assert provider.contacts("4930111")[0]["path"] == path
 
     caller = "provider_uac_recv_bye" if pbx_hangs_up else "provider_uac"
     sipp.run(caller, provider.hostport, pause_ms=100).assert_ok(calls=1)
     uas.wait(timeout=10).assert_ok(calls=1)
 
     invite = [m for m in provider.sent("INVITE") if m.is_request][0]
-    assert invite.peer[:2] == ("127.0.0.1", uas.local_port)
+    assert invite.peer == ("127.0.0.1", port, transport)
     assert invite.ruri.startswith(f"sip:4930111@{UNREACHABLE_CONTACT}")
-    assert invite.headers("Route")[0] == f"<sip:{uas.hostport};lr>"
-    assert len(invite.headers("Record-Route")) == 1
+    assert invite.headers("Route") == [path]
+    # one Record-Route per provider socket used (two when UDP in, TCP out)
+    rrs = invite.headers("Record-Route")
+    assert len(rrs) == (2 if transport == "tcp" else 1)
+    assert all(provider.hostport in rr for rr in rrs)
 
 
 def test_call_to_an_unreachable_contact_is_refused_not_sent(provider, sipp):
