@@ -616,6 +616,8 @@ class Sipp:
     def _build(self, scenario, target, *, vars, calls, rate, transport, local_ip, local_port,
                rsa, timeout, netns, extra_args, inf_rows, pause_ms=None):
         path = self.scenario_path(scenario)
+        if target is None and rsa and not _is_server(path):
+            target = rsa
         run = f"{path.stem}-{next(_run_ids)}-{uuid.uuid4().hex[:6]}"
         files = {k: self.workdir / f"{run}.{k}" for k in ("stats", "errors", "messages", "stdout")}
         local_port = local_port or free_port(local_ip)
@@ -634,7 +636,7 @@ class Sipp:
         behaviors = m.group(1) if m else "all,-abortunexp"
         cmd = netns_prefix(netns) + [
             SIPP, *([target] if target else []), "-sf", str(path), "-t", tflag,
-            "-i", local_ip, "-p", str(local_port), "-m", str(calls),
+            "-i", local_ip, "-bind_local", "-p", str(local_port), "-m", str(calls),
             "-timeout", f"{timeout}s", "-timeout_error", "-nostdin", "-aa",
             "-default_behaviors", behaviors,
             "-trace_stat", "-stf", str(files["stats"]), "-fd", "1",
@@ -713,6 +715,12 @@ class Sipp:
         if target is None:
             _wait_bound(proc, local, transport, netns, ready_timeout, files)
         return sp
+
+
+def _is_server(path: Path) -> bool:
+    """A scenario whose first command is a <recv> is a server (UAS) scenario."""
+    m = re.search(r"<(send|recv|pause|nop)\b", path.read_text().split("<scenario", 1)[-1])
+    return bool(m and m.group(1) == "recv")
 
 
 def _wait_bound(proc, local, transport, netns, timeout, files) -> None:

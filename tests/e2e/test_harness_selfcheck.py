@@ -61,6 +61,28 @@ def test_deregister_removes_the_binding(provider, sipp):
     assert provider.contacts("4930111") == []
 
 
+def test_pbx_source_address_is_its_local_ip(provider, sipp):
+    """Several PBX instances on one host differ by loopback address (127.0.0.0/8)."""
+    sipp.run("pbx_register", provider.hostport, local_ip="127.0.0.2").assert_ok()
+    assert {m.peer[0] for m in provider.received("REGISTER")} == {"127.0.0.2"}
+
+
+def test_register_with_domain_as_provider_address(provider, sipp):
+    """R-URI/To may name the provider by address (when nothing resolves tel.example.test)."""
+    sipp.run("pbx_register", provider.hostport, vars={"domain": provider.hostport}).assert_ok()
+    assert provider.received("REGISTER")[0].ruri == f"sip:{provider.hostport}"
+    assert provider.contacts("4930111")
+
+
+def test_rsa_sends_to_the_outbound_proxy_with_a_preloaded_route(provider, sipp):
+    """With rsa= (the proxy), messages go there and Route names it; here the 'proxy' is the
+    provider itself, which consumes its own Route."""
+    sipp.run("pbx_register", rsa=provider.hostport).assert_ok()
+    reg = provider.received("REGISTER")[0]
+    assert reg.ruri == "sip:tel.example.test"
+    assert reg.headers("Route") == [f"<sip:{provider.hostport};lr>"]
+
+
 def test_register_over_tcp(provider, sipp):
     sipp.run("pbx_register", provider.hostport, transport="tcp").assert_ok()
     assert provider.received("REGISTER")[-1].peer[2] == "tcp"
