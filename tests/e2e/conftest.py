@@ -127,3 +127,31 @@ def topology(e2e_tools, request):
     for sp in getattr(s, "started", []):
         sp.stop()
     topo.delete()
+
+
+@pytest.fixture
+def make_endpoint(e2e_tools, tmp_path, request):
+    """Factory: make_endpoint(providers=[ProviderPin(...)], **TrunkproxyRun kwargs) -> started."""
+    from .endpoint import TrunkproxyRun
+
+    runs: list[TrunkproxyRun] = []
+
+    def make(**kw) -> TrunkproxyRun:
+        run = TrunkproxyRun(tmp_path / f"trunkproxy{len(runs) + 1}", **kw)
+        runs.append(run)
+        return run.start()
+
+    yield make
+    for run in runs:
+        run.stop()
+    if _failed(request):
+        for run in runs:
+            print(f"\n===== trunkproxy log ({run.log_path}) =====\n{run.log_tail(120)}")
+
+
+@pytest.fixture
+def endpoint(make_endpoint, provider):
+    """A trunkproxy endpoint on loopback with tel.example.test pinned to the test's provider."""
+    from .endpoint import ProviderPin
+
+    return make_endpoint(providers=[ProviderPin("tel.example.test", [provider.hostport])])

@@ -65,7 +65,7 @@ def test_request_for_the_proxy_itself(settings):
 def test_inbound_call_with_valid_token_reaches_the_flow_not_the_claimed_contact(settings):
     register = _from_pbx(settings, "REGISTER", "sip:tel.example.test")
     our_contact = parse_name_addr(register.contact).uri
-    d = decide.route_from_provider(settings, "INVITE", our_contact, True, True)
+    d = decide.route_from_provider(settings, "INVITE", our_contact, None, True, True)
     assert isinstance(d, Relay)
     assert d.dst_uri == "sip:10.0.3.7:5062"
     assert d.send_socket == "udp:10.0.3.1:5060"
@@ -77,23 +77,23 @@ def test_provider_may_replace_the_user_part(settings):
     register = _from_pbx(settings, "REGISTER", "sip:tel.example.test")
     uri = parse_uri(parse_name_addr(register.contact).uri)
     called = str(uri).replace("sip:4930111@", "sip:+4930111999@")
-    d = decide.route_from_provider(settings, "INVITE", called, True, True)
+    d = decide.route_from_provider(settings, "INVITE", called, None, True, True)
     assert d.ruri == "sip:+4930111999@192.0.2.99:5060"
 
 
 def test_forged_token_is_forbidden_even_from_known_provider(settings):
     token = encode_token(b"x" * 32, Flow("udp", "203.0.113.66", 5060), "sip:203.0.113.66")
     ruri = f"sip:victim@198.51.100.1:5060;{TOKEN_PARAM}={token}"
-    assert decide.route_from_provider(settings, "INVITE", ruri, True, True) == Reply(403, "Forbidden")
+    assert decide.route_from_provider(settings, "INVITE", ruri, None, True, True) == Reply(403, "Forbidden")
 
 
 def test_no_token_no_entry(settings):
     # open-relay probes: any Request-URI, with or without alias=/received=
     for ruri in ["sip:1000@203.0.113.9", "sip:1000@198.51.100.1;alias=10.0.3.7~5062~1"]:
-        assert decide.route_from_provider(settings, "INVITE", ruri, False, False) == Reply(403, "Forbidden")
-    assert decide.route_from_provider(settings, "INVITE", "sip:1000@198.51.100.1", True, True) == Reply(404, "Not Found")
-    assert isinstance(decide.route_from_provider(settings, "OPTIONS", "sip:198.51.100.1", True, False), Drop)
-    assert decide.route_from_provider(settings, "OPTIONS", "sip:198.51.100.1", True, True) == Reply(200, "OK")
+        assert decide.route_from_provider(settings, "INVITE", ruri, None, False, False) == Reply(403, "Forbidden")
+    assert decide.route_from_provider(settings, "INVITE", "sip:1000@198.51.100.1", None, True, True) == Reply(404, "Not Found")
+    assert isinstance(decide.route_from_provider(settings, "OPTIONS", "sip:198.51.100.1", None, True, False), Drop)
+    assert decide.route_from_provider(settings, "OPTIONS", "sip:198.51.100.1", None, True, True) == Reply(200, "OK")
 
 
 def test_in_dialog_forged_route_with_foreign_ruri_is_refused(settings):
@@ -107,7 +107,7 @@ def test_in_dialog_follows_signed_record_route_when_ruri_has_no_token(settings):
     invite = _from_pbx(settings, "INVITE")
     route = f"<sip:198.51.100.1:5060;r2=on;lr{invite.record_route}>"
     d = decide.route_in_dialog_from_provider(settings, "BYE", "sip:4930111@192.0.2.99", route)
-    assert isinstance(d, Relay) and d.dst_uri == "sip:10.0.3.7:5062" and d.ruri is None
+    assert isinstance(d, Relay) and d.dst_uri == "sip:10.0.3.7:5062" and d.ruri == "sip:4930111@192.0.2.99"
     assert d.record_route is None
 
 
@@ -134,3 +134,15 @@ def test_advertised_address_used_in_contacts(settings):
     socket = Socket("udp", "198.51.100.1", 5060, "203.0.113.1", 5070)
     rewritten = decide.rewrite_contacts(settings.secret, "<sip:1@10.0.3.7>", PBX, socket)
     assert "@203.0.113.1:5070;" in rewritten
+
+
+def test_inbound_call_via_path_route_when_provider_keeps_its_own_ruri(settings):
+    register = _from_pbx(settings, "REGISTER", "sip:tel.example.test")
+    d = decide.route_from_provider(settings, "INVITE", "sip:4930111@192.0.2.99", register.path, False, True)
+    assert isinstance(d, Relay) and d.dst_uri == "sip:10.0.3.7:5062" and d.ruri == "sip:4930111@192.0.2.99"
+
+
+def test_flow_of_hop_round_trip():
+    for flow in (PBX, Flow("tcp", "2001:db8::5", 5070)):
+        assert decide.flow_of_hop(flow.uri()) == flow
+    assert decide.flow_of_hop("sip:host.example") is None

@@ -83,17 +83,23 @@ class Router:
         settings = self._current()
         source = KSR.pv.get("$si")
         known = source in settings.pinned_ips or KSR.htable.sht_get("tp_known", source) is not None
-        decision = decide.route_from_provider(
-            settings, KSR.pv.get("$rm"), KSR.pv.get("$ru"), KSR.is_myself_ruri() > 0, known
-        )
+        # read before loose_route: a Request-URI naming us (our Contact) looks to Kamailio
+        # like a strict router's doing and loose_route would replace it
+        ruri = KSR.pv.get("$ru")
+        ruri_is_local = KSR.is_myself_ruri() > 0
+        top_route = _header("Route")
+        if top_route:
+            KSR.rr.loose_route()  # consumes our own Path entry
+        decision = decide.route_from_provider(settings, KSR.pv.get("$rm"), ruri, top_route, ruri_is_local, known)
         _apply(decision)
         return 1
 
     def in_dialog_from_provider(self, msg) -> int:
         settings = self._current()
+        ruri = KSR.pv.get("$ru")  # before loose_route: see initial_from_provider
         top_route = _header("Route")
         KSR.rr.loose_route()
-        decision = decide.route_in_dialog_from_provider(settings, KSR.pv.get("$rm"), KSR.pv.get("$ru"), top_route)
+        decision = decide.route_in_dialog_from_provider(settings, KSR.pv.get("$rm"), ruri, top_route)
         _apply(decision)
         return 1
 
@@ -106,7 +112,9 @@ class Router:
         socket = settings.external.get(KSR.pv.get("$T_req($pr)") or "udp")
         if socket is None:
             return 1
-        new_value = decide.rewrite_contacts(settings.secret, contact, _source(), socket)
+        # the flow the request was delivered to: where the PBX surely listens
+        flow = decide.flow_of_hop(KSR.pv.get("$T_req($du)") or "") or _source()
+        new_value = decide.rewrite_contacts(settings.secret, contact, flow, socket)
         if new_value is not None:
             _replace_header("Contact", new_value)
         return 1
@@ -251,8 +259,7 @@ def _apply(decision: decide.Decision) -> None:
         KSR.sl.sl_send_reply(decision.code, decision.reason)
         return
     if isinstance(decision, decide.Drop):
-        KSR.drop()
-        return
+        return  # the native route exits without a reply
     if decision.ruri is not None:
         KSR.pv.sets("$ru", decision.ruri)
     if decision.dst_uri is not None:

@@ -207,14 +207,34 @@ def _refuse(method: str, code: int, reason: str) -> Decision:
     return Drop("no reply to ACK") if method == "ACK" else Reply(code, reason)
 
 
+def flow_of_hop(uri_text: str) -> Flow | None:
+    """The flow a next-hop URI we set (`Flow.uri()`) points at."""
+    uri = parse_uri(uri_text)
+    if uri is None or uri.port is None:
+        return None
+    return Flow((uri.param("transport") or "udp").lower(), uri.host, uri.port)
+
+
+def _route_token_flow(settings: EndpointSettings, top_route: str | None) -> Flow | None:
+    if not top_route:
+        return None
+    addr = parse_name_addr(split_header_values(top_route)[0])
+    route_uri = parse_uri(addr.uri) if addr else None
+    token = route_uri.param(TOKEN_PARAM) if route_uri else None
+    decoded = decode_token(settings.secret, token) if token else None
+    return decoded[0] if decoded else None
+
+
 def route_from_provider(
     settings: EndpointSettings,
     method: str,
     ruri: str,
+    top_route: str | None,
     ruri_is_local: bool,
     known_source: bool,
 ) -> Decision:
-    """An initial request on the external side: only a valid token opens the way in."""
+    """An initial request on the external side: only a valid token opens the way in
+    (in the Request-URI: our Contact; or in the top Route: our Path entry)."""
     restored = restore_uri(settings.secret, ruri)
     if restored is not None:
         flow, original = restored
@@ -222,6 +242,9 @@ def route_from_provider(
     uri = parse_uri(ruri)
     if uri is not None and uri.param(TOKEN_PARAM) is not None:
         return _refuse(method, 403, "Forbidden")
+    path_flow = _route_token_flow(settings, top_route)
+    if path_flow is not None:
+        return _deliver_to_pbx(settings, path_flow, ruri, method, initial=True)
     if ruri_is_local and method == "OPTIONS":
         return Reply(200, "OK") if known_source else Drop("OPTIONS probe from unknown source")
     if known_source:
@@ -235,13 +258,9 @@ def route_in_dialog_from_provider(settings: EndpointSettings, method: str, ruri:
     if restored is not None:
         flow, original = restored
         return _deliver_to_pbx(settings, flow, original, method, initial=False)
-    if top_route:
-        addr = parse_name_addr(split_header_values(top_route)[0])
-        route_uri = parse_uri(addr.uri) if addr else None
-        token = route_uri.param(TOKEN_PARAM) if route_uri else None
-        decoded = decode_token(settings.secret, token) if token else None
-        if decoded is not None:
-            return _deliver_to_pbx(settings, decoded[0], None, method, initial=False)
+    route_flow = _route_token_flow(settings, top_route)
+    if route_flow is not None:
+        return _deliver_to_pbx(settings, route_flow, ruri, method, initial=False)
     return _refuse(method, 403, "Forbidden")
 
 

@@ -1,0 +1,130 @@
+"""`trunkproxy run` as users start it, as a test fixture: a TOML file in, a running endpoint out."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from .procs import free_port, netns_prefix, sip_ping
+
+
+@dataclass
+class ProviderPin:
+    host: str
+    addresses: list[str]
+    transport: str | None = None
+
+
+@dataclass
+class TrunkproxyRun:
+    workdir: Path
+    providers: list[ProviderPin] = field(default_factory=list)
+    interface: str = "lo"
+    internal_ip: str = "127.0.0.1"
+    internal_port: int | None = None
+    external_ip: str | None = "127.0.0.1"
+    external_port: int | None = None
+    instance_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8"])
+    netns: str | None = None
+    api_port: int = 0
+    extra_toml: str = ""
+    proc: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.internal_port = self.internal_port or free_port(self.internal_ip)
+        self.external_port = self.external_port or free_port(self.external_ip or "127.0.0.1")
+        self.config_path = self.workdir / "trunkproxy.toml"
+        self.log_path = self.workdir / "trunkproxy.log"
+
+    @property
+    def internal_hostport(self) -> str:
+        return f"{self.internal_ip}:{self.internal_port}"
+
+    @property
+    def external_hostport(self) -> str:
+        return f"{self.external_ip}:{self.external_port}"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "state"
+
+    def toml(self) -> str:
+        networks = ", ".join(f'"{n}"' for n in self.instance_networks)
+        external = f'external_address = "{self.external_ip}"\n' if self.external_ip and self.interface == "lo" else ""
+        lines = [
+            "[proxy]",
+            f'state_dir = "{self.state_dir}"',
+            'hostname = "csphost01"',
+            f"instance_networks = [{networks}]",
+            "workers = 2",
+            "provider_timeout_ms = 3000",
+            "[api]",
+            f"enabled = {'true' if self.api_port else 'false'}",
+            f"port = {self.api_port}",
+            "[[endpoints]]",
+            f'interface = "{self.interface}"',
+            external.rstrip(),
+            f"external_port = {self.external_port}",
+            f'internal_address = "{self.internal_ip}"',
+            f"internal_port = {self.internal_port}",
+            "keepalive_interval = 2",
+        ]
+        for pin in self.providers:
+            lines.append(f'[providers."{pin.host}"]')
+            lines.append("addresses = [" + ", ".join(f'"{a}"' for a in pin.addresses) + "]")
+            if pin.transport:
+                lines.append(f'transport = "{pin.transport}"')
+        return "\n".join(line for line in lines if line) + "\n" + self.extra_toml
+
+    def start(self, timeout: float = 20.0) -> "TrunkproxyRun":
+        self.config_path.write_text(self.toml())
+        cmd = [*netns_prefix(self.netns), sys.executable, "-m", "trunkproxy.cli", "-c", str(self.config_path), "run"]
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"trunkproxy exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if "trunkproxy running" in self.log() and sip_ping(self.internal_ip, self.internal_port,
+                                                               netns=self.netns) == 200:
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"trunkproxy did not come up in {timeout}s:\n{self.log_tail()}")
+
+    def kamailio_pids(self) -> list[int]:
+        if self.proc is None:
+            return []
+        try:
+            return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
