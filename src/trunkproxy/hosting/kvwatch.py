@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -32,14 +33,22 @@ def kv_source(key: str) -> str:
 
 
 class ConsulHealth:
-    """Shared 'is Consul reachable' state so that a outage is warned about once, not per loop."""
+    """Shared 'is Consul reachable' state so that an outage is warned about once, not per loop.
 
-    def __init__(self, address: str) -> None:
+    An agent that flaps (down, up, down within `quiet` seconds, e.g. while shutting down) counts as
+    one outage: the second 'down' is logged at debug level.
+    """
+
+    def __init__(self, address: str, quiet: float = 60.0) -> None:
         self.address = address
+        self.quiet = quiet
         self.reachable: bool | None = None
+        self._warned_at: float | None = None
 
     def down(self, exc: Exception, what: str) -> None:
-        if self.reachable is not False:
+        now = time.monotonic()
+        if self.reachable is not False and (self._warned_at is None or now - self._warned_at >= self.quiet):
+            self._warned_at = now
             log.warning("%s (%s); the last good outbound proxy configuration stays in force, "
                         "retrying with backoff", exc, what)
         else:
@@ -80,12 +89,14 @@ class KvWatcher:
                 kv = await self.client.kv_get(self.key, index=index or None, wait=self.wait)
             except ConsulUnavailable as exc:
                 self.health.down(exc, f"watching {self.key}")
+                index = 0  # the agent may come back restarted with lower indexes: first read must not block
                 await asyncio.sleep(self.backoff.next())
                 continue
             except ConsulError as exc:
                 if self.last_error != str(exc):
                     log.error("%s; keeping the last good outbound proxy configuration", exc)
                 self.last_error = str(exc)
+                index = 0
                 await asyncio.sleep(self.backoff.next())
                 continue
             self.health.up()
