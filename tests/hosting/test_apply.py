@@ -142,3 +142,12 @@ def test_cli_trunk_commands_and_apply(tmp_path, capsys, monkeypatch, caplog):
     assert main(["-c", config, "trunk", "remove", "telekom"]) == 0
     assert main(["-c", config, "trunk", "list"]) == 0
     assert "no trunks" in capsys.readouterr().out
+
+
+async def test_missing_trunk_store_is_an_error_not_an_empty_configuration(tmp_path):
+    from trunkproxy.hosting.trunks import TrunkStore
+
+    result = await run_apply(host_config(tmp_path), store=TrunkStore(tmp_path / "typo.sqlite"),
+                             output_dir=tmp_path / "out", sipproxy_json=None, check_dns=False)
+    assert not result.ok and "does not exist" in result.errors[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "typo.sqlite").exists()

@@ -16,6 +16,7 @@ def test_seed_telekom_example_verbatim():
     assert rule.options == (("transport", "tcp"),)
     assert rule.option_lines == ("transport=tcp",)
     assert rule.line == 2 and rule.source.endswith("sipproxy_telekom.json")
+    assert rule.forced().transport == "tcp"
 
 
 def test_several_options_and_blank_lines():

@@ -57,6 +57,10 @@ async def run_apply(config: Config, *, output_dir: Path = DEFAULT_OUTPUT_DIR, st
     left unset, KV is read from Consul when consul.enabled (or `consul_address` is given)."""
     result = ApplyResult(ok=False, output=output_dir / OUTPUT_NAME)
     store = store or TrunkStore(default_store_path(config))
+    if not store.path.exists():  # a wrong path must not write a file without trunks
+        result.errors.append(f"trunk store {store.path} does not exist; add trunks with `trunkproxy trunk add` "
+                             "or give the instance's store with --db")
+        return _fail(result)
     trunks = store.list()
     file_rules = _read_file(sipproxy_json, result.errors)
     if kv_rules is _UNSET:

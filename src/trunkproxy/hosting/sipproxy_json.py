@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from trunkproxy.hosting.options import OptionError, validate_option
+from trunkproxy.hosting.options import ForcedSettings, OptionError, translate, validate_option
 
 __all__ = ["ProxyRule", "SipProxyJsonError", "parse_sipproxy_json", "rule_for_host"]
 
@@ -70,6 +70,10 @@ class ProxyRule:
 
     def where(self) -> str:
         return self.source if self.line is None else f"{self.source}:{self.line}"
+
+    def forced(self) -> ForcedSettings:
+        """The options translated: `.transport` ('tcp' / 'udp' / None) is what a running endpoint forces."""
+        return translate(self.options)
 
 
 def parse_sipproxy_json(text: str, source: str) -> dict[str, ProxyRule]:
