@@ -147,6 +147,7 @@ class ControlPlane:
         config = supervisor.config
         self.keepalive_targets = KeepaliveTargets()
         self.monitor = RegistrationMonitor(config.state_path, socket_path=supervisor.events_socket,
+                                           attribute_trunk=RegistrationMonitor.trunk_store_lookup(config.state_path),
                                            listeners=[self.keepalive_targets.observe])
         self.api = None
         self._tasks: list[asyncio.Task] = []

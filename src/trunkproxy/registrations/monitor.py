@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from trunkproxy.registrations import paths
+from trunkproxy.registrations.attribution import trunk_store_attribution
 from trunkproxy.registrations.events import RegisterEvent
 from trunkproxy.registrations.receiver import EventReceiver
 from trunkproxy.registrations.state import Registration, RegistrationBook, State, StateChange, Update
@@ -59,6 +60,9 @@ class RegistrationMonitor:
     `attribute_trunk(aor, registrar)` names the trunk of a registration (default: unknown).
     `clock` returns wall-clock seconds (injectable for tests).
     """
+
+    trunk_store_lookup = staticmethod(trunk_store_attribution)
+    """`trunk_store_lookup(state_dir)`: the attribution `trunkproxy run` uses (`<state_dir>/trunks.sqlite`)."""
 
     def __init__(self, state_dir: Path | str, *, socket_path: Path | str | None = None,
                  database_path: Path | str | None = None, attribute_trunk: TrunkLookup | None = None,
