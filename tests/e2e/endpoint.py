@@ -94,7 +94,7 @@ class TrunkproxyRun:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"trunkproxy exited with {self.proc.returncode}:\n{self.log_tail()}")
             if "trunkproxy running" in self.log() and sip_ping(self.internal_ip, self.internal_port,
-                                                               netns=self.netns) == 200:
+                                                               netns=self.netns) is not None:
                 return self
             time.sleep(0.2)
         raise RuntimeError(f"trunkproxy did not come up in {timeout}s:\n{self.log_tail()}")
