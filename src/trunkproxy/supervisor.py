@@ -65,6 +65,16 @@ class Supervisor:
         text = settings_json(self.config, resolved, self.secret, self.events_socket, self.provider_overrides)
         write_atomically(resolved.settings_path, text, mode=0o600)
 
+    def apply_proxy_rules(self, rules: dict) -> None:
+        """Consul KV's sipproxy.json rules reach the running endpoints: forced transport per registrar."""
+        overrides = {}
+        for host, rule in rules.items():
+            transport = rule.forced().transport
+            if transport:
+                overrides[host.split(":")[0].lower()] = {"transport": transport}
+        if overrides != self.provider_overrides:
+            self.set_provider_overrides(overrides)
+
     def set_provider_overrides(self, overrides: dict[str, dict]) -> None:
         """Live change of forced provider settings (e.g. transport=tcp from Consul KV)."""
         self.provider_overrides = overrides
@@ -150,6 +160,7 @@ class ControlPlane:
                                            attribute_trunk=RegistrationMonitor.trunk_store_lookup(config.state_path),
                                            listeners=[self.keepalive_targets.observe])
         self.api = None
+        self.hosting = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -172,7 +183,21 @@ class ControlPlane:
                 self._tasks.append(asyncio.create_task(run_keepalives(
                     resolved.name, resolved.rpc_socket, interval, self.keepalive_targets, time.time)))
 
+    async def start_hosting(self) -> None:
+        """Consul: register the running endpoints, watch the host's KV rules (if enabled)."""
+        if not self.supervisor.config.consul.enabled:
+            return
+        from trunkproxy.hosting.live import HostingLive
+
+        endpoints = [(r.name, r.endpoint.internal_address, r.endpoint.internal_port) for r in self.supervisor.endpoints]
+        check = "tcp" if all("tcp" in r.endpoint.transports for r in self.supervisor.endpoints) else "ttl"
+        self.hosting = HostingLive(self.supervisor.config, endpoints, self.supervisor.apply_proxy_rules,
+                                   hostname=self.supervisor.hostname, check=check)
+        await self.hosting.start()
+
     async def stop(self) -> None:
+        if self.hosting is not None:
+            await self.hosting.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -196,6 +221,7 @@ async def _main(config: Config) -> int:
     try:
         await control.start()
         await supervisor.start()
+        await control.start_hosting()
         log.info("trunkproxy running with %d endpoint(s); SIGTERM or Ctrl-C stops it", len(supervisor.endpoints))
         await stop_event.wait()
         log.info("stopping")
