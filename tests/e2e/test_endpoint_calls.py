@@ -57,7 +57,7 @@ def test_outbound_call_bye_from_either_side(make_provider, make_endpoint, sipp, 
     far = sipp.background(far_scenario, local_port=pstn_port)
     sipp.run(pbx_scenario, rsa=endpoint.internal_hostport, pause_ms=200).assert_ok(calls=1)
     assert far.wait(10).successful == 1
-    byes = provider.received("BYE")
+    byes = [m for m in provider.received("BYE") if m.msg.is_request]
     assert byes, "BYE did not traverse the provider (record-route)"
     invite = provider.received("INVITE")[0].msg
     assert "192.0.2.99" not in invite.header("Contact")
