@@ -20,6 +20,9 @@ SHORT = TELEKOM._replace(flow="udp:127.0.0.1:5066")
 
 @pytest.fixture
 def config(tmp_path):
+    # the CLI reads the real clock: the state must be written relative to now, not to import time
+    global NOW
+    NOW = time.time()
     state_dir = tmp_path / "state"
     path = tmp_path / "trunkproxy.toml"
     path.write_text(f'[proxy]\nstate_dir = "{state_dir}"\n\n'
