@@ -128,3 +128,29 @@ class TrunkproxyRun:
 
     def log_tail(self, lines: int = 80) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
+
+    # --- added for the registration monitor tests
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the HTTP API (`api_port` must be set)."""
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def restart(self, timeout: float = 20.0) -> "TrunkproxyRun":
+        """Stop `trunkproxy run` and start it again: same TOML, ports and state dir.
+
+        The previous run's log is kept as `trunkproxy.log.N` (start() waits for its own
+        "trunkproxy running" line in a fresh log).
+        """
+        self.stop()
+        n = 1
+        while self.log_path.with_name(f"{self.log_path.name}.{n}").exists():
+            n += 1
+        if self.log_path.exists():
+            self.log_path.rename(self.log_path.with_name(f"{self.log_path.name}.{n}"))
+        return self.start(timeout)
+
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+        """Run `trunkproxy -c <this run's toml> ARGS...` (e.g. "status", "--json"); text output."""
+        cmd = [*netns_prefix(self.netns), sys.executable, "-m", "trunkproxy.cli", "-c", str(self.config_path), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
