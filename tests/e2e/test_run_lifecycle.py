@@ -1,0 +1,39 @@
+"""`trunkproxy run` supervision: a dead Kamailio is restarted and logged; SIGTERM leaves nothing."""
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+import pytest
+
+from .procs import sip_ping, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def _kamailio_main(endpoint) -> psutil.Process:
+    children = psutil.Process(endpoint.proc.pid).children()
+    mains = [c for c in children if c.name() == "kamailio"]
+    assert len(mains) == 1, children
+    return mains[0]
+
+
+def test_dead_kamailio_is_restarted_and_logged(endpoint):
+    first = _kamailio_main(endpoint)
+    os.kill(first.pid, signal.SIGKILL)
+    wait_until(lambda: "exited with code -9" in endpoint.log(), timeout=5, message="the exit logged")
+    wait_until(lambda: sip_ping(endpoint.internal_ip, endpoint.internal_port) == 200, timeout=15,
+               message="the endpoint serving again")
+    second = _kamailio_main(endpoint)
+    assert second.pid != first.pid
+    assert "restart 1" in endpoint.log()
+
+
+def test_sigterm_stops_everything(endpoint):
+    workers = [psutil.Process(pid) for pid in endpoint.kamailio_pids()]
+    assert len(workers) > 3
+    assert endpoint.stop() == 0
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert alive == []
+    assert sip_ping(endpoint.internal_ip, endpoint.internal_port) is None
