@@ -6,10 +6,12 @@ return 0 there (the native script would exit), so every entry point returns 1.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket as _socket
 import time
+import traceback
 
 import KSR  # type: ignore[import-not-found]  # provided by app_python3
 
@@ -19,6 +21,37 @@ from trunkproxy.routing.settings import EndpointSettings, settings_from_json
 from trunkproxy.routing.tokens import Flow
 
 _RELOAD_CHECK_S = 1.0
+
+
+def _request_entry(method):
+    """An unexpected error must not silently drop a request (app_python3's default): log it,
+    answer 500 and keep serving."""
+
+    @functools.wraps(method)
+    def guarded(self, msg):
+        try:
+            return method(self, msg)
+        except Exception:  # noqa: BLE001 - the edge: anything else would lose the message
+            KSR.err(f"trunkproxy: {method.__name__} failed: {traceback.format_exc()}\n")
+            if KSR.pv.get("$rm") != "ACK":
+                KSR.sl.sl_send_reply(500, "Server Internal Error")
+            return 1
+
+    return guarded
+
+
+def _reply_entry(method):
+    """A failed rewrite of a reply is logged; the reply is still relayed as it came."""
+
+    @functools.wraps(method)
+    def guarded(self, msg):
+        try:
+            return method(self, msg)
+        except Exception:  # noqa: BLE001
+            KSR.err(f"trunkproxy: {method.__name__} failed: {traceback.format_exc()}\n")
+            return 1
+
+    return guarded
 
 
 class Router:
@@ -61,6 +94,7 @@ class Router:
     def ksr_onsend_route(self, msg) -> int:
         return 1
 
+    @_request_entry
     def initial_from_pbx(self, msg) -> int:
         settings = self._current()
         method = KSR.pv.get("$rm")
@@ -79,6 +113,7 @@ class Router:
         _apply(decision)
         return 1
 
+    @_request_entry
     def initial_from_provider(self, msg) -> int:
         settings = self._current()
         source = KSR.pv.get("$si")
@@ -94,6 +129,7 @@ class Router:
         _apply(decision)
         return 1
 
+    @_request_entry
     def in_dialog_from_provider(self, msg) -> int:
         settings = self._current()
         ruri = KSR.pv.get("$ru")  # before loose_route: see initial_from_provider
@@ -103,6 +139,7 @@ class Router:
         _apply(decision)
         return 1
 
+    @_reply_entry
     def reply_from_pbx(self, msg) -> int:
         """18x/2xx from a PBX to a provider's dialog-forming request: hide the PBX's Contact."""
         contact = _header("Contact")
@@ -119,6 +156,7 @@ class Router:
             _replace_header("Contact", new_value)
         return 1
 
+    @_reply_entry
     def register_reply(self, msg) -> int:
         settings = self._current()
         code = KSR.pv.get("$rs")
@@ -154,6 +192,7 @@ class Router:
         })
         return 1
 
+    @_reply_entry
     def register_failure(self, msg) -> int:
         """Failure route of a REGISTER: a timeout with no answer becomes a `timeout` event."""
         settings = self._current()
@@ -173,9 +212,11 @@ class Router:
             })
         return _fail_over("register_failure")
 
+    @_reply_entry
     def relay_failure(self, msg) -> int:
         return _fail_over("relay_failure")
 
+    @_request_entry
     def contact_from_pbx(self, msg) -> int:
         """In-dialog target refresh from a PBX (re-INVITE, UPDATE...): hide its Contact too."""
         contact = _header("Contact")
