@@ -15,7 +15,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .endpoint import ProviderPin
 from .procs import free_port, wait_until
-from .provider import ProviderRegistrar
 
 pytestmark = pytest.mark.e2e
 
@@ -95,22 +94,6 @@ def _sample(metrics, name: str, **labels) -> float | None:
     return metrics.get((name, tuple(sorted(labels.items()))))
 
 
-class _SingleReplyProvider(ProviderRegistrar):
-    """The harness provider without its second final reply after a failed save().
-
-    registrar.cfg.tmpl calls `sl_reply_error()` when `save("location")` fails, but save() has
-    already sent its own reply (423 with Min-Expires): the REGISTER gets 423 *and* 500, and which
-    one the endpoint's workers relay first is a race. Kept here until the template is fixed.
-    """
-
-    def render(self, **kw) -> None:
-        super().render(**kw)
-        text = self.cfg_path.read_text()
-        double = '\tif (!save("location")) {\n\t\tsl_reply_error();\n'
-        assert double in text, "provider template changed: drop _SingleReplyProvider"
-        self.cfg_path.write_text(text.replace(double, '\tif (!save("location")) {\n'))
-
-
 # --------------------------------------------------------------------------- tests
 
 def test_registered_with_the_granted_expiry_in_api_and_cli(provider, make_endpoint, sipp):
@@ -165,10 +148,8 @@ def test_short_expiry_not_refreshed_is_expired(make_provider, make_endpoint, sip
     assert _one(_cli_status(run), f"sip:4930111@{REGISTRAR}")["state"] == "expired"
 
 
-def test_register_below_min_expires_is_failed_with_min_expires(tmp_path, kamailio_processes, make_endpoint, sipp):
-    provider = _SingleReplyProvider(tmp_path / "provider423", min_expires=120, name="provider423")
-    kamailio_processes.append(provider)
-    provider.start()
+def test_register_below_min_expires_is_failed_with_min_expires(make_provider, make_endpoint, sipp):
+    provider = make_provider(min_expires=120)
     run = _endpoint(make_endpoint, provider.hostport)
     port = free_port()
     assert not _register(sipp, run, expires=60, local_port=port).ok
