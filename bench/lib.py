@@ -31,7 +31,10 @@ SIPP = shutil.which("sipp") or "/usr/bin/sipp"
 TASKSET = shutil.which("taskset") or "/usr/bin/taskset"
 IP = "127.0.0.1"
 PROVIDER_HOST = "bench.example.test"
-SHM_MB, PKG_MB = 128, 16  # trunkproxy's defaults ([proxy] shm_mb / pkg_mb), used for both
+# trunkproxy's defaults are shm 128 MB / pkg 16 MB; 128 MB of shared memory holds only about
+# 1,000 calls/s (tm keeps every transaction ~5 s after its final reply), so the benchmark gives
+# both proxies 1 GB (run.py --shm-mb) to find the CPU limit instead of the memory limit.
+SHM_MB, PKG_MB = 1024, 16
 
 
 def tools_missing() -> str | None:
@@ -82,6 +85,39 @@ def sip_ping(port: int, timeout: float = 0.3) -> int | None:
         return None
     finally:
         s.close()
+
+
+def rpc(sock_path: Path | None, method: str, timeout: float = 1.0):
+    """One JSON-RPC call to Kamailio's jsonrpcs datagram socket; None when it does not answer."""
+    if not sock_path:
+        return None
+    import json
+    with tempfile.TemporaryDirectory(prefix="tpbr") as tmp:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.bind(os.path.join(tmp, "r"))
+            s.settimeout(timeout)
+            try:
+                s.sendto(json.dumps({"jsonrpc": "2.0", "method": method, "id": 1}).encode(), str(sock_path))
+                return json.loads(s.recv(1 << 20)).get("result")
+            except (OSError, ValueError):
+                return None
+
+
+def shm_used(sock_path: Path | None) -> int | None:
+    res = rpc(sock_path, "core.shmmem")
+    return int(res["real_used"]) if isinstance(res, dict) and "real_used" in res else None
+
+
+def rss_kb(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
 
 
 def pinned(cpus: str | None, cmd: list[str]) -> list[str]:
@@ -152,6 +188,26 @@ def comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def cpu_times() -> dict[str, tuple[int, int]]:
+    """Per CPU (busy, total) jiffies from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3].isdigit():
+            name, *vals = line.split()
+            v = [int(x) for x in vals[:8]]
+            out[name[3:]] = (sum(v) - v[3] - v[4], sum(v))
+    return out
+
+
+def cpu_busy(before: dict, after: dict) -> dict[str, float]:
+    """Busy fraction of each CPU between two cpu_times() snapshots."""
+    out = {}
+    for cpu, (b1, t1) in after.items():
+        b0, t0 = before.get(cpu, (0, 0))
+        out[cpu] = round((b1 - b0) / (t1 - t0), 3) if t1 > t0 else 0.0
+    return out
 
 
 def udp_rcvbuf_errors() -> int:
@@ -283,6 +339,13 @@ class Target:
     internal_port: int = 0
     external_port: int = 0
     is_proxy: bool = True
+    shm_mb: int = SHM_MB
+
+    def rpc_socket(self) -> Path | None:
+        return None
+
+    def log_text(self) -> str:
+        return ""
 
     def start(self, workdir: Path, provider_port: int) -> None:
         raise NotImplementedError
@@ -364,7 +427,7 @@ class Reference(Target):
         self.run_dir = run_dir = Path(tempfile.mkdtemp(prefix="tpb-"))
         cfg = workdir / f"ref-{self.key}.cfg"
         cfg.write_text(reference_cfg(self.workers, self.internal_port, self.external_port, provider_port, run_dir))
-        argv = [KAMAILIO, "-f", str(cfg), "-DD", "-E", "-Y", str(run_dir), "-m", str(SHM_MB), "-M", str(PKG_MB)]
+        argv = [KAMAILIO, "-f", str(cfg), "-DD", "-E", "-Y", str(run_dir), "-m", str(self.shm_mb), "-M", str(PKG_MB)]
         if self.tlsf:
             argv += ["-x", "tlsf", "-X", "tlsf"]
         self.log = workdir / f"ref-{self.key}.log"
@@ -382,6 +445,12 @@ class Reference(Target):
 
     def kamailio_pids(self) -> list[int]:
         return process_tree(self.proc.pid) if self.proc else []
+
+    def rpc_socket(self) -> Path | None:
+        return self.run_dir / "rpc.sock" if getattr(self, "run_dir", None) else None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
 
     def log_tail(self, lines: int = 30) -> str:
         return _tail(self.log, lines) if self.log else ""
@@ -406,6 +475,7 @@ class Trunkproxy(Target):
             'hostname = "benchhost"',
             'instance_networks = ["127.0.0.0/8"]',
             f"workers = {self.workers}",
+            f"shm_mb = {self.shm_mb}",
             "[api]",
             "enabled = false",
             "[[endpoints]]",
@@ -456,11 +526,24 @@ class Trunkproxy(Target):
             return []
         return [p for p in process_tree(self.proc.pid) if p == self.proc.pid or comm(p) != "kamailio"]
 
+    def rpc_socket(self) -> Path | None:
+        return self.state_dir / "run" / "iflo" / "rpc.sock" if getattr(self, "state_dir", None) else None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
+
     def log_tail(self, lines: int = 30) -> str:
         return _tail(self.log, lines) if self.log else ""
 
 
-def make_targets(keys: list[str], workers: int, proxy_cpus: str | None) -> list[Target]:
+def make_targets(keys: list[str], workers: int, proxy_cpus: str | None, shm_mb: int = SHM_MB) -> list[Target]:
+    targets = _make_targets(keys, workers, proxy_cpus)
+    for t in targets:
+        t.shm_mb = shm_mb
+    return targets
+
+
+def _make_targets(keys: list[str], workers: int, proxy_cpus: str | None) -> list[Target]:
     known = {
         "a": lambda: Direct("a", "SIPp UAC -> UAS directly", workers, None),
         "b": lambda: Reference("b", "native Kamailio, Debian default allocator", workers, proxy_cpus, tlsf=False),
@@ -500,6 +583,12 @@ class StepResult:
     cpu_s: float | None = None  # Kamailio processes, during the run
     other_cpu_s: float | None = None  # trunkproxy's control plane, during the run
     idle_cpu_s: float | None = None  # Kamailio, measured idle for the same duration before
+    sipp_cpu_s: float | None = None  # UAC + UAS
+    shm_idle: int | None = None  # Kamailio shared memory in use before the run (bytes)
+    shm_peak: int | None = None  # highest sample during the run
+    other_rss_kb: list | None = None  # control plane RSS before / after the run
+    shm_alloc_errors: int = 0  # "could not allocate shared memory" in the proxy's log
+    cpu_busy: dict = field(default_factory=dict)  # busy fraction per CPU during the run
     passed: bool = False
     why: str = ""
     diagnostics: dict = field(default_factory=dict)
@@ -535,9 +624,28 @@ def run_step(target: Target, flow: str, rate: float, calls: int, workdir: Path, 
             res.idle_cpu_s = cpu_seconds(kpids) - idle0
         rcv0 = udp_rcvbuf_errors()
         cpu0, ocpu0 = cpu_seconds(kpids), cpu_seconds(opids)
+        busy0 = cpu_times()
+        sock = target.rpc_socket()
+        res.shm_idle = shm_used(sock)
+        rss0 = rss_kb(opids)
         uac.start()
+        spids = [uas.proc.pid, uac.proc.pid]
+        scpu0 = cpu_seconds([uas.proc.pid])
+        scpu, next_sample = scpu0, 0.0
+        while uac.proc.poll() is None:  # the UAC's own CPU can only be read while it lives
+            scpu = cpu_seconds(spids)
+            if sock and time.monotonic() >= next_sample:  # a few samples: each costs the proxy an RPC
+                next_sample = time.monotonic() + 1.0
+                used = shm_used(sock)
+                if used is not None:
+                    res.shm_peak = max(res.shm_peak or 0, used)
+            time.sleep(0.05)
         st = uac.wait()
         cpu1, ocpu1 = cpu_seconds(kpids), cpu_seconds(opids)
+        res.cpu_busy = cpu_busy(busy0, cpu_times())
+        res.sipp_cpu_s = round(scpu - scpu0, 3)
+        if opids:
+            res.other_rss_kb = [rss0, rss_kb(opids)]
         res.rcvbuf_errors = udp_rcvbuf_errors() - rcv0
         if kpids:
             res.cpu_s = round(cpu1 - cpu0, 3)
@@ -559,6 +667,9 @@ def run_step(target: Target, flow: str, rate: float, calls: int, workdir: Path, 
             reasons.append(f"{retrans} retransmissions > 0.05% of {calls}")
         if res.achieved_rate < 0.95 * rate:
             reasons.append(f"achieved {res.achieved_rate:.0f}/s < 95% of {rate:g}/s")
+        res.shm_alloc_errors = target.log_text().count("could not allocate shared memory")
+        if res.shm_alloc_errors:
+            reasons.append(f"proxy out of shared memory ({res.shm_alloc_errors} allocation errors)")
         res.passed = not reasons
         res.why = "; ".join(reasons)
         if not res.passed:

@@ -218,17 +218,20 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--targets", default=",".join(ALL_TARGETS), help="a,b,b_tlsf,c")
     p.add_argument("--flows", default="call,register")
     p.add_argument("--workers", type=int, default=2, help="Kamailio children (UDP and TCP) for b and c")
+    p.add_argument("--shm-mb", type=int, default=lib.SHM_MB,
+                   help="Kamailio shared memory for b and c (trunkproxy: [proxy] shm_mb; its default 128 "
+                        "holds only ~1,000 calls/s of transactions)")
     p.add_argument("--proxy-cpus", default="1", help="taskset CPU list for the proxies ('' = no pinning)")
     p.add_argument("--sipp-cpus", default="0", help="taskset CPU list for SIPp ('' = no pinning)")
     p.add_argument("--no-search", action="store_true", help="skip the max-rate search")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU-per-call rounds")
     p.add_argument("--start-rate", type=float, default=1000)
     p.add_argument("--rate-step", type=float, default=500)
-    p.add_argument("--max-rate", type=float, default=8000)
+    p.add_argument("--max-rate", type=float, default=6000)
     p.add_argument("--refine", type=int, default=2, help="bisection steps after the ladder")
-    p.add_argument("--step-seconds", type=float, default=5, help="calls per step = rate x this")
+    p.add_argument("--step-seconds", type=float, default=4, help="calls per step = rate x this")
     p.add_argument("--cpu-rate", type=float, default=500)
-    p.add_argument("--cpu-seconds", type=float, default=10)
+    p.add_argument("--cpu-seconds", type=float, default=8)
     p.add_argument("--cpu-rounds", type=int, default=3)
     p.add_argument("--idle-seconds", type=float, default=1.0,
                    help="idle CPU measured before each CPU round and subtracted")
@@ -263,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = []
     for run_no in range(args.runs):
         log(f"run {run_no + 1}/{args.runs}")
-        targets = lib.make_targets(keys, args.workers, args.proxy_cpus)
+        targets = lib.make_targets(keys, args.workers, args.proxy_cpus, args.shm_mb)
         run: dict = {"rates": {}, "cpu": {}}
         for flow in flows:
             if not args.no_search:
