@@ -53,3 +53,11 @@ def test_request_sent_straight_to_endpoint_without_route(endpoint, provider):
         assert options and options[-1].peer[:2] == ("127.0.0.1", endpoint.external_port)
     finally:
         pbx.close()
+
+
+def test_pbx_call_to_unreachable_provider_fails_cleanly(make_endpoint, sipp):
+    endpoint = make_endpoint(providers=[ProviderPin("tel.example.test", [f"127.0.0.1:{free_port()}"])])
+    result = sipp.run("pbx_uac", rsa=endpoint.internal_hostport, timeout=15)
+    assert (result.returncode, result.successful, result.failed) == (1, 0, 1)
+    # the PBX's ACK to the 503 is absorbed by the endpoint, never forwarded
+    assert "resolving \"tel.example.test\" failed" not in endpoint.log()
