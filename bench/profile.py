@@ -76,8 +76,9 @@ class InstrumentedEndpoint(lib.Target):
     def flush(self) -> None:
         """Every worker writes its counters on its next entry once a second has passed."""
         time.sleep(1.1)
-        for _ in range(12):
+        for _ in range(12):  # both sides: replies are handled by the external socket's workers
             lib.sip_ping(self.internal_port)
+            lib.sip_ping(self.external_port)
             time.sleep(0.05)
         time.sleep(0.3)
 
@@ -105,8 +106,10 @@ def _merge(out_dir: Path) -> tuple[dict, dict]:
             rec[2] += cpu
         for key, calls in data["ksr"].items():
             per = ksr.setdefault(key, {})
-            for fn, n in calls.items():
-                per[fn] = per.get(fn, 0) + n
+            for fn, (n, ns) in calls.items():
+                rec = per.setdefault(fn, [0, 0])
+                rec[0] += n
+                rec[1] += ns
     # the flush pings are OPTIONS: not part of the flows
     entries = {k: v for k, v in entries.items() if " OPTIONS" not in k}
     ksr = {k: v for k, v in ksr.items() if " OPTIONS" not in k}
@@ -153,8 +156,11 @@ def instrumented(flow: str, mode: str, args, workdir: Path) -> dict:
         per_op["python_cpu_us_per_op"] = round(sum(v[2] for v in entries.values()) / n / 1e3, 1)
         per_op["python_wall_us_per_op"] = round(sum(v[1] for v in entries.values()) / n / 1e3, 1)
     if mode == "count":
-        per_op["ksr_calls_per_op"] = round(sum(sum(c.values()) for c in ksr.values()) / n, 2)
-        per_op["ksr_calls"] = {k: {fn: round(c / n, 2) for fn, c in sorted(v.items(), key=lambda x: -x[1])}
+        per_op["ksr_calls_per_op"] = round(sum(c[0] for v in ksr.values() for c in v.values()) / n, 2)
+        per_op["ksr_cpu_us_per_op"] = round(sum(c[1] for v in ksr.values() for c in v.values()) / n / 1e3, 1)
+        # per entry: KSR function -> [calls per op, CPU us per call]
+        per_op["ksr_calls"] = {k: {fn: [round(c[0] / n, 2), round(c[1] / max(c[0], 1) / 1e3, 1)]
+                                   for fn, c in sorted(v.items(), key=lambda x: -x[1][1])}
                                for k, v in sorted(ksr.items())}
     return per_op
 
@@ -254,10 +260,15 @@ def render(result: dict) -> str:
         lines.append(f"\n{flow}: per {op}: {cnt['python_entries_per_op']} python_exec entries, "
                      f"{cnt['ksr_calls_per_op']} KSR calls, Python CPU {tim['python_cpu_us_per_op']} us "
                      f"(Kamailio CPU with the timing wrapper: {tim['kamailio_cpu_us_per_op_instrumented']} us)")
-        lines.append(f"  {'entry (method / reply)':40} {'per op':>7} {'CPU us':>8} {'KSR calls':>10}")
+        lines.append(f"  KSR calls took {cnt['ksr_cpu_us_per_op']} us of CPU per {op} (in count mode)")
+        lines.append(f"  {'entry (method / reply)':34} {'per op':>7} {'CPU us':>8} {'KSR calls':>10} {'in KSR us':>10}  "
+                     "costliest KSR calls (calls, us each)")
         for key, e in tim["entries"].items():
-            ksr = sum(cnt["ksr_calls"].get(key, {}).values())
-            lines.append(f"  {key:40} {e['per_op']:7.2f} {e['cpu_us']:8.1f} {ksr:10.2f}")
+            calls = cnt["ksr_calls"].get(key, {})
+            n_calls = sum(c[0] for c in calls.values()) / max(e["per_op"], 1e-9)
+            in_ksr = sum(c[0] * c[1] for c in calls.values()) / max(e["per_op"], 1e-9)
+            top = ", ".join(f"{fn} {c[0]:g}x{c[1]:g}" for fn, c in list(calls.items())[:4])
+            lines.append(f"  {key:34} {e['per_op']:7.2f} {e['cpu_us']:8.1f} {n_calls:10.1f} {in_ksr:10.1f}  {top}")
     for flow, per_target in result.get("perf", {}).items():
         for key, prof in per_target.items():
             lines.append(f"\nperf {flow} {key}: CPU share by object: "

@@ -3,8 +3,8 @@
 Loaded by an instrumented copy of the generated endpoint config instead of
 src/trunkproxy/kamailio/kemi_entry.py. Per python_exec entry (and per SIP method, or reply
 status) it counts calls and the time spent in Python; with BENCH_PROFILE_MODE=count it also
-counts every KSR.* call made from the routing code (a counting proxy stands in for the KSR
-module, which makes the timings meaningless in that mode). Counters are written as JSON to
+counts every KSR.* call made from the routing code and the CPU time spent inside it (a counting
+proxy stands in for the KSR module: entry timings include its overhead in that mode). Counters are written as JSON to
 $BENCH_PROFILE_OUT/<pid>.json at most once a second, on the next entry.
 """
 import json
@@ -22,7 +22,7 @@ import KSR as _KSR  # noqa: E402
 _MODE = os.environ.get("BENCH_PROFILE_MODE", "time")
 _OUT = os.environ["BENCH_PROFILE_OUT"]
 _entries: dict = {}  # "entry method" -> [calls, wall ns, thread cpu ns]
-_ksr: dict = {}  # "entry method" -> {"KSR.pv.get": n}
+_ksr: dict = {}  # "entry method" -> {"KSR.pv.get($ru)": [calls, thread cpu ns]}
 _current = ["-"]
 _next_flush = [0.0]
 
@@ -39,10 +39,20 @@ class _Counting:
         if isinstance(attr, types.ModuleType):
             return _Counting(attr, qual + ".")
         if callable(attr):
+            by_arg = qual.startswith("KSR.pv.")
+
             def call(*args, **kwargs):
                 per = _ksr.setdefault(_current[0], {})
-                per[qual] = per.get(qual, 0) + 1
-                return attr(*args, **kwargs)
+                fn = f"{qual}({args[0]})" if by_arg and args else qual
+                c0 = time.thread_time_ns()
+                try:
+                    return attr(*args, **kwargs)
+                finally:
+                    rec = per.get(fn)
+                    if rec is None:
+                        rec = per[fn] = [0, 0]
+                    rec[0] += 1
+                    rec[1] += time.thread_time_ns() - c0
             return call
         return attr
 

@@ -134,6 +134,18 @@ def summarise(runs: list[dict], flows: list[str]) -> dict:
             if per_run:
                 summary["cpu_us_per_op"][flow][key] = {"median": _med(per_run), "spread": _spread(per_run),
                                                        "runs": per_run}
+            shm = [(e["shm_peak"] - e["shm_idle"]) / e["rate"] for r in runs
+                   for e in r.get("cpu", {}).get(flow, {}).get(key, [])
+                   if e.get("passed") and e.get("shm_peak") and e.get("shm_idle") is not None]
+            if shm:
+                # shared memory held per op/s of sustained rate: tm keeps each transaction for
+                # its wait timer (5 s) after the final reply; neither proxy keeps dialog state
+                summary.setdefault("shm_kb_per_op_per_s", {}).setdefault(flow, {})[key] = round(
+                    statistics.median(shm) / 1024, 1)
+            rss = [(e["other_rss_kb"][1] - e["other_rss_kb"][0]) for r in runs
+                   for e in r.get("cpu", {}).get(flow, {}).get(key, []) if e.get("other_rss_kb")]
+            if rss:
+                summary.setdefault("control_plane_rss_growth_kb", {}).setdefault(flow, {})[key] = max(rss)
             if cp_per_run:
                 summary["control_plane_us_per_op"].setdefault(flow, {})[key] = {
                     "median": _med(cp_per_run), "spread": _spread(cp_per_run), "runs": cp_per_run}
