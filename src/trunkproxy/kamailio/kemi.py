@@ -151,9 +151,7 @@ class Router:
             return 1
         # the flow the request was delivered to: where the PBX surely listens
         flow = decide.flow_of_hop(KSR.pv.get("$T_req($du)") or "") or _source()
-        new_value = decide.rewrite_contacts(settings.secret, contact, flow, socket)
-        if new_value is not None:
-            _replace_header("Contact", new_value)
+        _hide_contact(settings, contact, flow, socket)
         return 1
 
     @_reply_entry
@@ -176,20 +174,12 @@ class Router:
         elif code in (401, 407):
             KSR.htable.sht_seti("tp_known", KSR.pv.get("$si"), 1)
         min_expires = _header("Min-Expires") if code == 423 else None
-        self._emit(settings, {
-            "event": "register_reply",
-            "call_id": KSR.pv.get("$ci"),
-            "cseq": _int(KSR.pv.get("$cs")),
-            "aor": aor_of(KSR.pv.get("$tu") or ""),
-            "registrar": KSR.pv.get("$T_req($rd)"),
-            "flow": str(flow),
-            "provider": f"{KSR.pv.get('$pr')}:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}",
-            "socket": KSR.pv.get("$T_req($fs)") or None,
-            "code": code,
-            "reason": KSR.pv.get("$rr"),
-            "expires": expires,
-            "min_expires": _int(min_expires),
-        })
+        self._emit(settings, _register_event(
+            "register_reply", KSR.pv.get("$T_req($rd)"), flow,
+            provider=f"{KSR.pv.get('$pr')}:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}",
+            socket=KSR.pv.get("$T_req($fs)") or None,
+            code=code, reason=KSR.pv.get("$rr"), expires=expires, min_expires=_int(min_expires),
+        ))
         return 1
 
     @_reply_entry
@@ -197,19 +187,10 @@ class Router:
         """Failure route of a REGISTER: a timeout with no answer becomes a `timeout` event."""
         settings = self._current()
         if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
-            self._emit(settings, {
-                "event": "register_reply",
-                "call_id": KSR.pv.get("$ci"),
-                "cseq": _int(KSR.pv.get("$cs")),
-                "aor": aor_of(KSR.pv.get("$tu") or ""),
-                "registrar": KSR.pv.get("$rd"),
-                "flow": str(_source()),
-                "code": 408,
-                "reason": "timeout",
-                "expires": None,
-                "min_expires": None,
-                "local": True,
-            })
+            self._emit(settings, _register_event(
+                "register_reply", KSR.pv.get("$rd"), _source(),
+                code=408, reason="timeout", expires=None, min_expires=None, local=True,
+            ))
         return _fail_over("register_failure")
 
     @_reply_entry
@@ -226,22 +207,13 @@ class Router:
         forced = KSR.pv.get("$fs") or ""
         socket = settings.external.get(forced.partition(":")[0] or KSR.pv.get("$pr"))
         if socket is not None:
-            new_value = decide.rewrite_contacts(settings.secret, contact, _source(), socket)
-            if new_value is not None:
-                _replace_header("Contact", new_value)
+            _hide_contact(settings, contact, _source(), socket)
         return 1
 
     # -- registration events ----------------------------------------------------------
     def _emit_register_request(self, settings: EndpointSettings) -> None:
-        self._emit(settings, {
-            "event": "register_request",
-            "call_id": KSR.pv.get("$ci"),
-            "cseq": _int(KSR.pv.get("$cs")),
-            "aor": aor_of(KSR.pv.get("$tu") or ""),
-            "registrar": KSR.pv.get("$rd"),
-            "flow": str(_source()),
-            "expires": requested_expires(_header("Contact"), _header("Expires")),
-        })
+        expires = requested_expires(_header("Contact"), _header("Expires"))
+        self._emit(settings, _register_event("register_request", KSR.pv.get("$rd"), _source(), expires=expires))
 
     def _emit(self, settings: EndpointSettings, event: dict) -> None:
         if not settings.events_socket:
@@ -288,6 +260,25 @@ def _source() -> Flow:
 def _header(name: str) -> str | None:
     """All values of a header, comma-joined (a header may be repeated)."""
     return KSR.pv.get(f"$(hdr({name})[*])")
+
+
+def _hide_contact(settings: EndpointSettings, contact: str, flow: Flow, socket) -> None:
+    new_value = decide.rewrite_contacts(settings.secret, contact, flow, socket)
+    if new_value is not None:
+        _replace_header("Contact", new_value)
+
+
+def _register_event(kind: str, registrar: str, flow: Flow, **fields) -> dict:
+    """The fields every REGISTER event carries, from the message at hand, plus `fields`."""
+    return {
+        "event": kind,
+        "call_id": KSR.pv.get("$ci"),
+        "cseq": _int(KSR.pv.get("$cs")),
+        "aor": aor_of(KSR.pv.get("$tu") or ""),
+        "registrar": registrar,
+        "flow": str(flow),
+        **fields,
+    }
 
 
 def _replace_header(name: str, value: str) -> None:
