@@ -118,9 +118,12 @@ def summarise(runs: list[dict], flows: list[str]) -> dict:
         summary["rates"][flow] = {}
         summary["cpu_us_per_op"][flow] = {}
         for key in ALL_TARGETS:
-            rates = [r["rates"][flow][key]["max_rate"] for r in runs if key in r.get("rates", {}).get(flow, {})]
+            found = [r["rates"][flow][key] for r in runs if key in r.get("rates", {}).get(flow, {})]
+            rates = [f["max_rate"] for f in found]
             if rates:
-                summary["rates"][flow][key] = {"median": _med(rates), "spread": _spread(rates), "runs": rates}
+                summary["rates"][flow][key] = {"median": _med(rates), "spread": _spread(rates), "runs": rates,
+                                               # no step failed up to --max-rate: a lower bound
+                                               "capped": any(f.get("capped_at_max") for f in found)}
             per_run = []
             cp_per_run = []
             for r in runs:
@@ -170,9 +173,10 @@ def _fmt(entry: dict | None, unit: str = "") -> str:
     if not entry or entry.get("median") is None:
         return "-"
     lo, hi = entry["spread"]
+    prefix = ">=" if entry.get("capped") else ""
     if len(entry["runs"]) > 1:
-        return f"{entry['median']:g}{unit} [{lo:g}-{hi:g}]"
-    return f"{entry['median']:g}{unit}"
+        return f"{prefix}{entry['median']:g}{unit} [{lo:g}-{hi:g}]"
+    return f"{prefix}{entry['median']:g}{unit}"
 
 
 LABELS = {"a": "(a) SIPp UAC -> UAS direct", "b": "(b) native Kamailio, default allocator",
@@ -192,6 +196,14 @@ def table(summary: dict, flows: list[str]) -> str:
             cp = summary["control_plane_us_per_op"].get(flow, {}).get(key)
             if r or c:
                 lines.append(f"  {LABELS[key]:40} {_fmt(r):>22} {_fmt(c):>22} {_fmt(cp):>22}")
+        shm = summary.get("shm_kb_per_op_per_s", {}).get(flow, {})
+        if shm:
+            lines.append("  shared memory held per op/s sustained (KB): "
+                         + ", ".join(f"{k} {v:g}" for k, v in shm.items()))
+        rss = summary.get("control_plane_rss_growth_kb", {}).get(flow, {})
+        if rss:
+            lines.append("  trunkproxy control plane RSS growth during a fixed-rate run (KB): "
+                         + ", ".join(f"{k} {v:g}" for k, v in rss.items()))
         ra = summary["ratios"][flow]
         lines.append(f"  ratios: rate c/b_tlsf={ra['rate_c_over_b_tlsf']}  c/b={ra['rate_c_over_b']}   "
                      f"CPU efficiency b_tlsf/c={ra['cpu_b_tlsf_over_c']}  b/c={ra['cpu_b_over_c']}  "
@@ -247,6 +259,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--cpu-rounds", type=int, default=3)
     p.add_argument("--idle-seconds", type=float, default=1.0,
                    help="idle CPU measured before each CPU round and subtracted")
+    p.add_argument("--render", metavar="JSON", help="print the table of an earlier results file and exit")
     p.add_argument("--out", default=None, help="JSON results (default bench/results/bench-DATE.json)")
     p.add_argument("--workdir", default=None, help="logs and SIPp files (default: a temp dir, kept)")
     return p.parse_args(argv)
@@ -254,6 +267,12 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        flows = [f for f in ("call", "register") if f in saved["summary"]["rates"]]
+        saved["summary"] = summarise(saved["runs"], flows)  # recomputed with this version's summary
+        print(table(saved["summary"], flows))
+        return saved
     missing = lib.tools_missing()
     if missing:
         raise SystemExit(f"bench: {missing} (apt-get install kamailio kamailio-python3-modules sip-tester util-linux)")
@@ -312,4 +331,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main()["cpu_rounds_all_passed"] else 1)
+    sys.exit(0 if main().get("cpu_rounds_all_passed", True) else 1)
