@@ -13,7 +13,7 @@ def _run(args: argparse.Namespace) -> int:
     from trunkproxy.supervisor import run_forever
 
     config = load_config(args.config)
-    return run_forever(config)
+    return run_forever(config, lambda: load_config(args.config))
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -47,19 +47,66 @@ class Supervisor:
         if shutil.which(self.config.proxy.kamailio_binary) is None:
             raise StartupError(f"{self.config.proxy.kamailio_binary!r} not found: install Debian's kamailio and "
                                "kamailio-python3-modules (scripts/install-system-deps does)")
-        if not self.config.endpoints:
-            raise StartupError("no [[endpoints]] configured: add at least one (see docs/configuration.md)")
         self.secret = load_or_create_secret(self.config.state_path)
-        for endpoint in self.config.endpoints:
+        self.endpoints, configs = self._render(self.config)
+        for resolved in self.endpoints:
+            self.write_settings(resolved)
+            write_atomically(resolved.config_path, configs[resolved.name])
+
+    def _render(self, config: Config) -> tuple[list[ResolvedEndpoint], dict[str, str]]:
+        """Resolve every endpoint's interface and render its Kamailio config (writes nothing)."""
+        if not config.endpoints:
+            raise StartupError("no [[endpoints]] configured: add at least one (see docs/configuration.md)")
+        endpoints, configs = [], {}
+        for endpoint in config.endpoints:
             try:
-                self.endpoints.append(resolve_endpoint(self.config, endpoint))
+                resolved = resolve_endpoint(config, endpoint)
             except InterfaceError as exc:
                 raise StartupError(f"endpoint {endpoint.endpoint_name}: {exc}") from exc
-        for resolved in self.endpoints:
             resolved.run_dir.mkdir(parents=True, exist_ok=True)
+            endpoints.append(resolved)
+            configs[resolved.name] = kamailio_cfg(config, resolved, [self.consul_name(resolved.name)])
+        return endpoints, configs
+
+    async def reload(self, new: Config) -> None:
+        """Apply a changed configuration while running (SIGHUP). Provider settings change live;
+        an endpoint whose Kamailio config changed is restarted; the rest keeps running."""
+        old = self.config
+        for section in ("api", "consul"):
+            if getattr(new, section) != getattr(old, section):
+                log.warning("reload: [%s] changed; it takes effect when trunkproxy is restarted", section)
+        if new.proxy.state_dir != old.proxy.state_dir:
+            log.warning("reload: proxy.state_dir changed; it takes effect when trunkproxy is restarted")
+            new = new.model_copy(update={"proxy": new.proxy.model_copy(update={"state_dir": old.proxy.state_dir})})
+        try:
+            endpoints, configs = self._render(new)
+        except StartupError as exc:
+            log.error("reload refused, the running configuration stays in force: %s", exc)
+            return
+        self.config = new
+        names = {r.name for r in endpoints}
+        for name in [n for n in self.processes if n not in names]:
+            log.info("reload: endpoint %s removed", name)
+            await self.processes.pop(name).stop()
+        self.endpoints = endpoints
+        for resolved in endpoints:
             self.write_settings(resolved)
-            aliases = [self.consul_name(resolved.name)]
-            write_atomically(resolved.config_path, kamailio_cfg(self.config, resolved, aliases))
+            current = resolved.config_path.read_text() if resolved.config_path.exists() else None
+            if resolved.name in self.processes and current == configs[resolved.name]:
+                continue
+            write_atomically(resolved.config_path, configs[resolved.name])
+            if resolved.name in self.processes:
+                log.info("reload: endpoint %s changed; restarting its kamailio", resolved.name)
+                await self.processes.pop(resolved.name).stop()
+            else:
+                log.info("reload: endpoint %s added", resolved.name)
+            await self._start_endpoint(resolved)
+            try:
+                await self._wait_ready(resolved)
+            except StartupError as exc:
+                log.error("reload: %s", exc)  # its supervisor keeps restarting it
+        log.info("reload done: %d endpoint(s), providers: %s", len(endpoints),
+                 ", ".join(sorted(new.providers)) or "none")
 
     def write_settings(self, resolved: ResolvedEndpoint) -> None:
         text = settings_json(self.config, resolved, self.secret, self.events_socket, self.provider_overrides)
@@ -84,15 +131,18 @@ class Supervisor:
                  ", ".join(sorted(overrides)) or "none")
 
     async def start(self) -> None:
-        proxy = self.config.proxy
         for resolved in self.endpoints:
-            env = dict(os.environ, TRUNKPROXY_ENDPOINT_SETTINGS=str(resolved.settings_path))
-            argv = kamailio_argv(proxy.kamailio_binary, resolved.config_path, resolved.run_dir, proxy.shm_mb, proxy.pkg_mb)
-            process = KamailioProcess(resolved.name, argv, env)
-            self.processes[resolved.name] = process
-            await process.start()
+            await self._start_endpoint(resolved)
         for resolved in self.endpoints:
             await self._wait_ready(resolved)
+
+    async def _start_endpoint(self, resolved: ResolvedEndpoint) -> None:
+        proxy = self.config.proxy
+        env = dict(os.environ, TRUNKPROXY_ENDPOINT_SETTINGS=str(resolved.settings_path))
+        argv = kamailio_argv(proxy.kamailio_binary, resolved.config_path, resolved.run_dir, proxy.shm_mb, proxy.pkg_mb)
+        process = KamailioProcess(resolved.name, argv, env)
+        self.processes[resolved.name] = process
+        await process.start()
 
     async def _wait_ready(self, resolved: ResolvedEndpoint, timeout: float = 15.0) -> None:
         loop = asyncio.get_running_loop()
@@ -206,7 +256,18 @@ class ControlPlane:
         await self.monitor.stop()
 
 
-async def _main(config: Config) -> int:
+async def _reload(supervisor: Supervisor, load_config) -> None:
+    from trunkproxy.config.load import ConfigError
+
+    try:
+        new = load_config()
+    except ConfigError as exc:
+        log.error("reload refused, the running configuration stays in force:\n%s", exc)
+        return
+    await supervisor.reload(new)
+
+
+async def _main(config: Config, load_config=None) -> int:
     supervisor = Supervisor(config)
     try:
         supervisor.prepare()
@@ -217,12 +278,17 @@ async def _main(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_event.set)
+    reloads: list[asyncio.Task] = []
+    if load_config is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: reloads.append(
+            asyncio.create_task(_reload(supervisor, load_config))))
     control = ControlPlane(supervisor)
     try:
         await control.start()
         await supervisor.start()
         await control.start_hosting()
-        log.info("trunkproxy running with %d endpoint(s); SIGTERM or Ctrl-C stops it", len(supervisor.endpoints))
+        log.info("trunkproxy running with %d endpoint(s); SIGHUP reloads the configuration, SIGTERM or "
+                 "Ctrl-C stops it", len(supervisor.endpoints))
         await stop_event.wait()
         log.info("stopping")
         return 0
@@ -230,9 +296,12 @@ async def _main(config: Config) -> int:
         log.error("%s", exc)
         return 1
     finally:
+        for task in reloads:
+            task.cancel()
         await supervisor.stop()
         await control.stop()
 
 
-def run_forever(config: Config) -> int:
-    return asyncio.run(_main(config))
+def run_forever(config: Config, load_config=None) -> int:
+    """Run until SIGTERM/SIGINT; `load_config()` re-reads the configuration on SIGHUP."""
+    return asyncio.run(_main(config, load_config))

@@ -99,6 +99,11 @@ class TrunkproxyRun:
             time.sleep(0.2)
         raise RuntimeError(f"trunkproxy did not come up in {timeout}s:\n{self.log_tail()}")
 
+    def reload(self, config_text: str | None = None) -> None:
+        """Rewrite the configuration file (from the fields, or `config_text` as given) and SIGHUP."""
+        self.config_path.write_text(self.toml() if config_text is None else config_text)
+        self.proc.send_signal(signal.SIGHUP)
+
     def kamailio_pids(self) -> list[int]:
         if self.proc is None:
             return []
