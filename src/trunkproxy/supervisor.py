@@ -109,7 +109,8 @@ class Supervisor:
                  ", ".join(sorted(new.providers)) or "none")
 
     def write_settings(self, resolved: ResolvedEndpoint) -> None:
-        text = settings_json(self.config, resolved, self.secret, self.events_socket, self.provider_overrides)
+        text = settings_json(self.config, resolved, self.secret, self.events_socket, self.provider_overrides,
+                             [self.consul_name(resolved.name)])
         write_atomically(resolved.settings_path, text, mode=0o600)
 
     def apply_proxy_rules(self, rules: dict) -> None:

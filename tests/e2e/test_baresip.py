@@ -306,18 +306,9 @@ def _register(make_baresip, run, provider) -> Baresip:
     return ua
 
 
-PATH_WITHOUT_SUPPORTED = pytest.mark.xfail(strict=True, reason=(
-    "endpoint adds `Path:` to a REGISTER whose UA did not send `Supported: path` (baresip 1.0.0 "
-    "does not); an RFC 3327 registrar (Kamailio registrar path_mode=2, the default) answers "
-    "`420 Bad Extension` / `Unsupported: path` and the trunk never registers. The endpoint should "
-    "add Path only when the REGISTER carries `Supported: path` (its Contact flow token routes "
-    "calls back anyway); `path = false` works around it"))
-
-
 # --------------------------------------------------------------------------- tests
 
-@pytest.mark.parametrize("path", [pytest.param(True, id="path-default", marks=PATH_WITHOUT_SUPPORTED),
-                                  pytest.param(False, id="path-off")])
+@pytest.mark.parametrize("path", [pytest.param(True, id="path-default"), pytest.param(False, id="path-off")])
 def test_baresip_registers_through_the_endpoint(provider, make_run, make_baresip, path):
     run = make_run(provider, path=path)
     ua = _register(make_baresip, run, provider)
@@ -333,8 +324,9 @@ def test_baresip_registers_through_the_endpoint(provider, make_run, make_baresip
     binding = provider.contacts(USER)[0]
     assert f"127.0.0.1:{run.external_port}" in binding["contact"] and "tpt=" in binding["contact"]
     assert BARESIP_IP not in binding["contact"]
-    if path:
-        assert f"127.0.0.1:{run.external_port}" in binding["path"]
+    # baresip sends no `Supported: path`, so the endpoint adds no Path (a registrar would 420 it)
+    assert not binding.get("path")
+    assert 420 not in [m.status for m in provider.sent("REGISTER")]
 
     # the registration monitor: API and CLI say registered, from baresip's real flow
     reg = wait_until(lambda: _registered_in_api(run), timeout=8, message="registered in the API")
@@ -350,7 +342,7 @@ def test_baresip_registers_through_the_endpoint(provider, make_run, make_baresip
 
 
 def test_inbound_call_from_the_provider_reaches_baresip(provider, make_run, make_baresip, sipp):
-    run = make_run(provider, path=False)  # path-default: see PATH_WITHOUT_SUPPORTED
+    run = make_run(provider)
     ua = _register(make_baresip, run, provider)
     mark = len(ua.events)
 
@@ -395,14 +387,9 @@ def test_outbound_call_from_baresip_reaches_the_pstn(make_provider, make_run, ma
     assert run.proc.poll() is None and "exited with code" not in run.log()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "endpoint forwards in-dialog requests from the provider side to the PBX with an empty "
-    "`Route: ` header line: the provider sends `Route: <sip:EXT;r2=on;lr>, <sip:INT;r2=on;lr>` "
-    "(both of the endpoint's double Record-Route entries in one comma-separated header), "
-    "Kamailio's loose_route removes both values but leaves the header name. RFC 3261 Route "
-    "needs at least one route-param; baresip tolerates it, a strict parser may 400 the BYE"))
 def test_in_dialog_requests_reach_baresip_without_an_empty_route(provider, make_run, make_baresip, sipp):
-    run = make_run(provider, path=False)
+    # the provider sends both of the endpoint's Record-Route entries in one Route header line
+    run = make_run(provider)
     ua = _register(make_baresip, run, provider)
     sipp.run("provider_uac", provider.hostport, vars={"to_user": USER}, pause_ms=300, timeout=15).assert_ok(calls=1)
     ua.wait_event("CALL_CLOSED", timeout=5)

@@ -9,8 +9,8 @@ UNREACHABLE_CONTACT = "<sip:4930111@192.0.2.99:5060>;expires=600"
 
 
 def _from_pbx(settings, method="INVITE", ruri="sip:4930222@tel.example.test", source=PBX,
-              contact=UNREACHABLE_CONTACT, preset=None, local=False):
-    return decide.route_from_pbx(settings, method, ruri, source, contact, preset, local)
+              contact=UNREACHABLE_CONTACT, preset=None, local=False, path=True):
+    return decide.route_from_pbx(settings, method, ruri, source, contact, preset, local, path)
 
 
 def test_register_goes_to_pinned_provider_over_forced_tcp_with_path_and_hidden_contact(settings):
@@ -146,3 +146,18 @@ def test_flow_of_hop_round_trip():
     for flow in (PBX, Flow("tcp", "2001:db8::5", 5070)):
         assert decide.flow_of_hop(flow.uri()) == flow
     assert decide.flow_of_hop("sip:host.example") is None
+
+
+def test_no_path_unless_the_pbx_supports_it(settings):
+    assert _from_pbx(settings, "REGISTER", "sip:tel.example.test", path=False).path is None
+    assert decide.supports_path("replaces, path,100rel") and not decide.supports_path("pathological")
+    assert not decide.supports_path(None)
+
+
+def test_own_routes_stripped_others_kept_in_order(settings):
+    route = ("<sip:198.51.100.1:5060;r2=on;lr>, <sip:10.0.3.1;r2=on;lr>, <sip:sbc.pbx.test;lr>, "
+             "<sip:192.0.2.7:5070;lr>")
+    assert decide.strip_own_routes(settings, route) == "<sip:sbc.pbx.test;lr>, <sip:192.0.2.7:5070;lr>"
+    assert decide.strip_own_routes(settings, "<sip:198.51.100.1;lr>, <sip:10.0.3.1:5060;lr>") == ""
+    assert decide.strip_own_routes(settings, "<sip:192.0.2.7;lr>") is None
+    assert decide.strip_own_routes(settings, "<sip:198.51.100.1:5999;lr>") is None  # other port

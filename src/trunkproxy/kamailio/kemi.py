@@ -107,6 +107,7 @@ class Router:
             _header("Contact"),
             preset,
             KSR.is_myself_ruri() > 0,
+            method == "REGISTER" and decide.supports_path(_header("Supported")),
         )
         if method == "REGISTER" and isinstance(decision, decide.Relay):
             self._emit_register_request(settings)
@@ -118,13 +119,11 @@ class Router:
         settings = self._current()
         source = KSR.pv.get("$si")
         known = source in settings.pinned_ips or KSR.htable.sht_get("tp_known", source) is not None
-        # read before loose_route: a Request-URI naming us (our Contact) looks to Kamailio
-        # like a strict router's doing and loose_route would replace it
         ruri = KSR.pv.get("$ru")
         ruri_is_local = KSR.is_myself_ruri() > 0
         top_route = _header("Route")
         if top_route:
-            KSR.rr.loose_route()  # consumes our own Path entry
+            _drop_own_routes(settings, top_route)  # our own Path entry
         decision = decide.route_from_provider(settings, KSR.pv.get("$rm"), ruri, top_route, ruri_is_local, known)
         _apply(decision)
         return 1
@@ -132,9 +131,10 @@ class Router:
     @_request_entry
     def in_dialog_from_provider(self, msg) -> int:
         settings = self._current()
-        ruri = KSR.pv.get("$ru")  # before loose_route: see initial_from_provider
+        ruri = KSR.pv.get("$ru")
         top_route = _header("Route")
-        KSR.rr.loose_route()
+        if top_route:
+            _drop_own_routes(settings, top_route)
         decision = decide.route_in_dialog_from_provider(settings, KSR.pv.get("$rm"), ruri, top_route)
         _apply(decision)
         return 1
@@ -260,6 +260,18 @@ def _source() -> Flow:
 def _header(name: str) -> str | None:
     """All values of a header, comma-joined (a header may be repeated)."""
     return KSR.pv.get(f"$(hdr({name})[*])")
+
+
+def _drop_own_routes(settings: EndpointSettings, route: str) -> None:
+    """Remove the Route entries naming this endpoint. Not loose_route(): our Contact in the
+    Request-URI makes it take the strict-router path, which rewrites the Request-URI and
+    leaves an empty Route header behind when both of our entries share one header line."""
+    remaining = decide.strip_own_routes(settings, route)
+    if remaining is None:
+        return
+    KSR.hdr.remove("Route")
+    if remaining:
+        KSR.hdr.insert(f"Route: {remaining}\r\n")
 
 
 def _hide_contact(settings: EndpointSettings, contact: str, flow: Flow, socket) -> None:

@@ -74,7 +74,7 @@ def _advertise(endpoint: Endpoint) -> tuple[str, int] | None:
 
 
 def settings_json(config: Config, resolved: ResolvedEndpoint, secret: bytes, events_socket: str | None,
-                  provider_overrides: dict[str, dict] | None = None) -> str:
+                  provider_overrides: dict[str, dict] | None = None, aliases: list[str] = ()) -> str:
     """What the routing code inside Kamailio reads (trunkproxy.routing.settings)."""
     ep = resolved.endpoint
     adv = _advertise(ep)
@@ -99,6 +99,7 @@ def settings_json(config: Config, resolved: ResolvedEndpoint, secret: bytes, eve
         "providers": providers,
         "path": ep.path,
         "events_socket": events_socket,
+        "aliases": list(aliases),
     }, indent=2)
 
 

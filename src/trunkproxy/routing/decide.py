@@ -125,6 +125,26 @@ def restore_contacts(secret: bytes, value: str) -> str | None:
     return ", ".join(out) if changed else None
 
 
+def supports_path(supported: str | None) -> bool:
+    """RFC 3327: a registrar may refuse Path (420) unless the UA listed `path` in Supported."""
+    return bool(supported) and any(tag.strip().lower() == "path" for tag in supported.split(","))
+
+
+def strip_own_routes(settings: EndpointSettings, route: str) -> str | None:
+    """The Route header value without the entries that point at this endpoint
+    (None when nothing was ours). Routes of others stay, in order."""
+    kept = []
+    for entry in split_header_values(route):
+        addr = parse_name_addr(entry)
+        uri = parse_uri(addr.uri) if addr else None
+        if uri is not None and settings.is_own(uri.host, uri.port):
+            continue
+        kept.append(entry)
+    if len(kept) == len(split_header_values(route)):
+        return None
+    return ", ".join(kept)
+
+
 def route_from_pbx(
     settings: EndpointSettings,
     method: str,
@@ -133,6 +153,7 @@ def route_from_pbx(
     contact: str | None,
     preset_dst: str | None,
     ruri_is_local: bool,
+    path_supported: bool = False,
 ) -> Decision:
     """An initial request or REGISTER from a PBX instance on the internal side."""
     if not settings.is_instance_source(source.host):
@@ -173,7 +194,7 @@ def route_from_pbx(
     new_contact = rewrite_contacts(settings.secret, contact, source, socket) if contact else None
     if method == "REGISTER":
         path = None
-        if settings.path:
+        if settings.path and path_supported:
             tp = "" if transport == "udp" else f";transport={transport}"
             path = f"<sip:{socket.advertised_hostport()}{tp};lr;{TOKEN_PARAM}={flow_token}>"
         return Relay(

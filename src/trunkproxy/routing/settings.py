@@ -52,6 +52,19 @@ class EndpointSettings:
     events_socket: str | None = None
     pinned_ips: frozenset[str] = frozenset()
     """Addresses of providers pinned in the configuration: known sources from the start."""
+    aliases: frozenset[str] = frozenset()
+    """Host names that mean this endpoint (its Consul DNS name), lower-case."""
+
+    def is_own(self, host: str, port: int | None) -> bool:
+        """Does host[:port] name one of this endpoint's sockets (bound or advertised)?"""
+        host = host.lower()
+        if host in self.aliases:
+            return True
+        port = port or 5060
+        return any(
+            (host == s.host and port == s.port) or (host == s.advertised_host and port == s.advertised_port)
+            for side in (self.internal, self.external) for s in side.values()
+        )
 
     def is_instance_source(self, address: str) -> bool:
         try:
@@ -93,4 +106,5 @@ def settings_from_json(text: str) -> EndpointSettings:
         path=bool(raw.get("path", True)),
         events_socket=raw.get("events_socket"),
         pinned_ips=frozenset(host for p in providers.values() for host, _port in p.addresses),
+        aliases=frozenset(a.lower() for a in raw.get("aliases", ())),
     )
