@@ -223,7 +223,9 @@ def machine() -> dict:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    return {"host": platform.node(), "cpu": model, "cpus": os.cpu_count(), "kernel": platform.release(),
+    code = {"commit": cmd("git", "-C", str(lib.REPO), "rev-parse", "HEAD"),
+            "src_modified": bool(cmd("git", "-C", str(lib.REPO), "status", "--porcelain", "src"))}
+    return {"code": code, "host": platform.node(), "cpu": model, "cpus": os.cpu_count(), "kernel": platform.release(),
             "kamailio": cmd(lib.KAMAILIO, "-v").splitlines()[0] if cmd(lib.KAMAILIO, "-v") else "",
             "sipp": (cmd(lib.SIPP, "-v").splitlines() or [""])[0].strip()[:80],
             "python_in_kamailio": cmd("/usr/bin/python3", "--version")}
