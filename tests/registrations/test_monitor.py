@@ -119,8 +119,13 @@ async def test_persisted_file_is_readable_while_running(short_dir, send):
     try:
         send(monitor.socket_path, request(1))
         await _until(lambda: _state(monitor) is State.REGISTERING)
-        with RegistrationStore(monitor.database_path, readonly=True) as store:
-            assert [r.state for r in store.load()] == [State.REGISTERING]
+
+        def persisted() -> list[State]:
+            with RegistrationStore(monitor.database_path, readonly=True) as store:
+                return [r.state for r in store.load()]
+
+        # written behind, within FLUSH_DELAY
+        await _until(lambda: persisted() == [State.REGISTERING])
     finally:
         await monitor.stop()
 

@@ -28,6 +28,8 @@ TrunkLookup = Callable[[str, str], "str | None"]
 """(aor, registrar) -> trunk name, or None when no trunk is known for it. Must be cheap."""
 
 MAX_TIMER_DELAY = 30.0
+FLUSH_DELAY = 1.0
+"""Seconds a changed registration may wait in memory before it is written to the store."""
 """Re-check at least this often, so a wall-clock jump cannot delay expiry for long."""
 
 
@@ -79,6 +81,12 @@ class RegistrationMonitor:
         self.receiver = EventReceiver(self.socket_path, self.handle_event)
         self._store: RegistrationStore | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        # write-behind: a refresh every few minutes per trunk on thousands of trunks must not
+        # cost a disk commit each; pending rows are written together at most FLUSH_DELAY later
+        self._pending_save: dict[Any, Registration] = {}
+        self._pending_delete: set[Any] = set()
+        self._flush_handle: asyncio.TimerHandle | None = None
         self.started_at: float | None = None
         self._running = False
 
@@ -104,6 +112,7 @@ class RegistrationMonitor:
             self._timer.cancel()
             self._timer = None
         await self.receiver.stop()
+        self.flush()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -120,6 +129,9 @@ class RegistrationMonitor:
 
     def tick(self) -> None:
         """Expire and time out what is due now (runs by itself on a timer once started)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._apply(self.book.tick(self.clock()))
         self._rearm()
 
@@ -149,9 +161,29 @@ class RegistrationMonitor:
                 log.info(format_change(update.change), extra={"registration": change_fields(update.change)})
         if self._store is None:
             return
+        for update in updates:
+            if update.registration is not None:
+                self._pending_save[update.key] = update.registration
+                self._pending_delete.discard(update.key)
+            else:
+                self._pending_save.pop(update.key, None)
+                self._pending_delete.add(update.key)
+        if not self._running:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
+
+    def flush(self) -> None:
+        """Write the pending changes to the store (one transaction)."""
+        self._flush_handle = None
+        if self._store is None or not (self._pending_save or self._pending_delete):
+            return
+        saves, deletes = list(self._pending_save.values()), list(self._pending_delete)
+        self._pending_save.clear()
+        self._pending_delete.clear()
         try:
-            self._store.save([u.registration for u in updates if u.registration is not None])
-            self._store.delete([u.key for u in updates if u.registration is None])
+            self._store.save(saves)
+            self._store.delete(deletes)
         except Exception:  # noqa: BLE001 - keep monitoring in memory even if the disk fails
             log.exception("cannot persist registration state to %s", self.database_path)
 
@@ -159,8 +191,13 @@ class RegistrationMonitor:
         if not self._running:
             return  # not started (tests, tools): the caller ticks
         loop = asyncio.get_running_loop()
+        deadline = self.book.next_deadline()
+        now = self.clock()
+        delay = MAX_TIMER_DELAY if deadline is None else min(MAX_TIMER_DELAY, max(0.0, deadline - now))
+        at = now + delay
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= at:
+            return  # the armed timer comes first anyway; tick() re-arms from the book
         if self._timer is not None:
             self._timer.cancel()
-        deadline = self.book.next_deadline()
-        delay = MAX_TIMER_DELAY if deadline is None else min(MAX_TIMER_DELAY, max(0.0, deadline - self.clock()))
+        self._timer_at = at
         self._timer = loop.call_later(delay + 0.01, self.tick)
