@@ -124,7 +124,6 @@ async def test_persisted_file_is_readable_while_running(short_dir, send):
             with RegistrationStore(monitor.database_path, readonly=True) as store:
                 return [r.state for r in store.load()]
 
-        # written behind, within FLUSH_DELAY
         await _until(lambda: persisted() == [State.REGISTERING])
     finally:
         await monitor.stop()
@@ -135,3 +134,28 @@ def test_format_change_quotes_values_with_spaces():
     assert format_change(change) == (
         "registration endpoint=iflo trunk=- aor=sip:4930123@tel.example.test registrar=tel.example.test "
         'flow=udp:127.0.0.1:5062 old=registering new=failed code=403 reason="No \\"way\\""')
+
+
+async def test_refresh_without_state_change_is_written_behind(short_dir, send, monkeypatch):
+    from trunkproxy.registrations import monitor as monitor_module
+
+    monkeypatch.setattr(monitor_module, "FLUSH_DELAY", 0.3)
+    monitor = RegistrationMonitor(short_dir)
+    await monitor.start()
+
+    def persisted_expiry() -> int | None:
+        with RegistrationStore(monitor.database_path, readonly=True) as store:
+            return next(iter(store.load())).granted_expires
+
+    try:
+        send(monitor.socket_path, request(1))
+        send(monitor.socket_path, reply(1, 200, "OK", 600))
+        await _until(lambda: _state(monitor) is State.REGISTERED)
+        assert persisted_expiry() == 600  # a state change: on disk at once
+        send(monitor.socket_path, request(2))
+        send(monitor.socket_path, reply(2, 200, "OK", 900))  # a refresh: still registered
+        await _until(lambda: monitor.book.get(KEY).granted_expires == 900)
+        assert persisted_expiry() == 600  # not yet: written behind
+        await _until(lambda: persisted_expiry() == 900)
+    finally:
+        await monitor.stop()

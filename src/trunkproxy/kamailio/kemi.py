@@ -18,7 +18,7 @@ import KSR  # type: ignore[import-not-found]  # provided by app_python3
 from trunkproxy.routing import decide
 from trunkproxy.routing.registration_events import aor_of, granted_expires, requested_expires
 from trunkproxy.routing.settings import EndpointSettings, settings_from_json
-from trunkproxy.routing.tokens import Flow
+from trunkproxy.routing.tokens import Flow, flow_of_text
 
 _RELOAD_CHECK_S = 1.0
 
@@ -99,18 +99,25 @@ class Router:
         settings = self._current()
         method = KSR.pv.get("$rm")
         preset = KSR.pv.get("$du") if KSR.isdsturiset() > 0 else None
+        source = _source()
+        contact = _header("Contact")
+        register = method == "REGISTER"
         decision = decide.route_from_pbx(
             settings,
             method,
             KSR.pv.get("$ru"),
-            _source(),
-            _header("Contact"),
+            source,
+            contact,
             preset,
             KSR.is_myself_ruri() > 0,
-            method == "REGISTER" and decide.supports_path(_header("Supported")),
+            register and decide.supports_path(_header("Supported")),
         )
-        if method == "REGISTER" and isinstance(decision, decide.Relay):
-            self._emit_register_request(settings)
+        if register and isinstance(decision, decide.Relay):
+            registrar = KSR.pv.get("$rd")
+            # what the reply route needs, kept in the transaction (no $T_req lookups there)
+            KSR.pv.sets("$avp(tp_reg)", f"{source}|{registrar}|{decision.send_socket}")
+            expires = requested_expires(contact, _header("Expires"))
+            self._emit(settings, _register_event("register_request", registrar, source, expires=expires))
         _apply(decision)
         return 1
 
@@ -156,29 +163,27 @@ class Router:
 
     @_reply_entry
     def register_reply(self, msg) -> int:
+        """Final reply to a REGISTER (1xx never get here; the native route marked the
+        provider as known): restore the PBX's Contact, report the outcome."""
         settings = self._current()
-        code = KSR.pv.get("$rs")
-        code = int(code) if code is not None else 0
-        if code < 200:
-            return 1
-        flow = Flow(KSR.pv.get("$T_req($pr)") or "udp", KSR.pv.get("$T_req($si)"), int(KSR.pv.get("$T_req($sp)")))
-        contact = _header("Contact")
+        code = int(KSR.pv.get("$rs"))
+        stash = KSR.pv.get("$avp(tp_reg)") or ""
+        flow_text, registrar, socket = (stash.split("|") + ["", "", ""])[:3]
+        flow = flow_of_text(flow_text) or Flow(
+            KSR.pv.get("$T_req($pr)") or "udp", KSR.pv.get("$T_req($si)"), int(KSR.pv.get("$T_req($sp)")))
         expires = None
         if 200 <= code < 300:
-            KSR.htable.sht_seti("tp_known", KSR.pv.get("$si"), 1)
+            contact = _header("Contact")
             expires = granted_expires(settings.secret, contact, _header("Expires"), flow)
             if contact:
                 restored = decide.restore_contacts(settings.secret, contact)
                 if restored is not None:
                     _replace_header("Contact", restored)
-        elif code in (401, 407):
-            KSR.htable.sht_seti("tp_known", KSR.pv.get("$si"), 1)
-        min_expires = _header("Min-Expires") if code == 423 else None
+        min_expires = _int(_header("Min-Expires")) if code == 423 else None
         self._emit(settings, _register_event(
-            "register_reply", KSR.pv.get("$T_req($rd)"), flow,
+            "register_reply", registrar or KSR.pv.get("$T_req($rd)"), flow,
             provider=f"{KSR.pv.get('$pr')}:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}",
-            socket=KSR.pv.get("$T_req($fs)") or None,
-            code=code, reason=KSR.pv.get("$rr"), expires=expires, min_expires=_int(min_expires),
+            socket=socket or None, code=code, reason=KSR.pv.get("$rr"), expires=expires, min_expires=min_expires,
         ))
         return 1
 
@@ -211,10 +216,6 @@ class Router:
         return 1
 
     # -- registration events ----------------------------------------------------------
-    def _emit_register_request(self, settings: EndpointSettings) -> None:
-        expires = requested_expires(_header("Contact"), _header("Expires"))
-        self._emit(settings, _register_event("register_request", KSR.pv.get("$rd"), _source(), expires=expires))
-
     def _emit(self, settings: EndpointSettings, event: dict) -> None:
         if not settings.events_socket:
             return

@@ -82,8 +82,9 @@ class RegistrationMonitor:
         self._store: RegistrationStore | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        # write-behind: a refresh every few minutes per trunk on thousands of trunks must not
-        # cost a disk commit each; pending rows are written together at most FLUSH_DELAY later
+        # write-behind: a refresh that changes no state (the common case: thousands of trunks
+        # re-registering) must not cost a disk commit each; such rows are written together at
+        # most FLUSH_DELAY later. State changes are written at once.
         self._pending_save: dict[Any, Registration] = {}
         self._pending_delete: set[Any] = set()
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -168,8 +169,8 @@ class RegistrationMonitor:
             else:
                 self._pending_save.pop(update.key, None)
                 self._pending_delete.add(update.key)
-        if not self._running:
-            self.flush()
+        if not self._running or any(u.change is not None for u in updates):
+            self.flush()  # state changes are on disk at once (`trunkproxy status` reads it)
         elif self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
 

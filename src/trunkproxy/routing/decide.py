@@ -7,6 +7,7 @@ arriving from outside, and the Contact rewrites on replies.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from trunkproxy.routing.settings import EndpointSettings, Socket
@@ -78,6 +79,7 @@ def proxied_contact_uri(secret: bytes, uri_text: str, flow: Flow, socket: Socket
     return f"sip:{user}{socket.advertised_hostport()}{transport};{TOKEN_PARAM}={token}"
 
 
+@functools.lru_cache(maxsize=4096)  # same PBX Contact, same flow: same answer (hot path)
 def rewrite_contacts(secret: bytes, value: str, flow: Flow, socket: Socket) -> str | None:
     """New Contact header value pointing at the endpoint; None when nothing needs rewriting."""
     out = []
@@ -110,6 +112,7 @@ def restore_uri(secret: bytes, uri_text: str) -> tuple[Flow, str | None] | None:
     return flow, f"{scheme}:{user}{rest}"
 
 
+@functools.lru_cache(maxsize=4096)
 def restore_contacts(secret: bytes, value: str) -> str | None:
     """Contact header value of a reply with the PBX's own URIs back; None when unchanged."""
     out = []

@@ -4,6 +4,8 @@ Format documented in docs/registrations.md; the control plane's monitor consumes
 """
 from __future__ import annotations
 
+import functools
+
 from trunkproxy.routing.sipuri import header_param, parse_name_addr, parse_uri, split_header_values
 from trunkproxy.routing.tokens import TOKEN_PARAM, Flow, decode_token
 
@@ -29,6 +31,7 @@ def requested_expires(contact: str | None, expires_header: str | None) -> int | 
     return _int_or_none(expires_header)
 
 
+@functools.lru_cache(maxsize=4096)
 def granted_expires(secret: bytes, contact: str | None, expires_header: str | None, flow: Flow) -> int | None:
     """Expiry the provider granted to this flow's binding (RFC 3261 10.2.4), else Expires header."""
     if contact:

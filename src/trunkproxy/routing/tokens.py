@@ -10,6 +10,7 @@ value as is.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -36,6 +37,16 @@ class Flow:
         return f"{self.transport}:{self.host}:{self.port}"
 
 
+@functools.lru_cache(maxsize=1024)
+def flow_of_text(text: str) -> Flow | None:
+    """`udp:10.0.3.7:5062` (as `str(flow)` writes it) back to a Flow; None if malformed."""
+    transport, _sep, hostport = text.partition(":")
+    host, _sep, port = hostport.rpartition(":")
+    if transport not in _TRANSPORTS or not host or not port.isdigit():
+        return None
+    return Flow(transport, host, int(port))
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -48,11 +59,15 @@ def _mac(secret: bytes, payload: bytes) -> bytes:
     return hmac.new(secret, payload, hashlib.sha256).digest()[:_MAC_BYTES]
 
 
+# A PBX sends the same Contact from the same flow on every call and every refresh: the HMAC
+# is computed once per distinct value (bounded; a flood of distinct junk only evicts).
+@functools.lru_cache(maxsize=4096)
 def encode_token(secret: bytes, flow: Flow, original_uri: str = "") -> str:
     payload = f"{flow.transport}|{flow.host}|{flow.port}|{original_uri}".encode()
     return f"{_b64(payload)}.{_b64(_mac(secret, payload))}"
 
 
+@functools.lru_cache(maxsize=4096)
 def decode_token(secret: bytes, token: str) -> tuple[Flow, str] | None:
     """(flow, original URI or "") for a genuine token; None for anything else."""
     body, dot, mac = token.partition(".")
