@@ -33,7 +33,9 @@ class ProxySettings(_Strict):
     """Source networks allowed to send on an endpoint's internal side (the PBX instances)."""
     workers: int = Field(default=2, ge=1, le=64)
     """Kamailio worker processes per transport and endpoint."""
-    shm_mb: int = Field(default=128, ge=16)
+    shm_mb: int = Field(default=512, ge=16)
+    """Kamailio shared memory per endpoint. Transactions live ~5 s after their final reply:
+    about 150 KB per call/s sustained (docs/benchmark.md); 512 MB holds ~3,000 calls/s."""
     pkg_mb: int = Field(default=16, ge=4)
     kamailio_binary: str = "kamailio"
     provider_timeout_ms: int = Field(default=6000, ge=500)
