@@ -170,10 +170,12 @@ def route_from_pbx(
         return Reply(404, "Not Found")
 
     provider = settings.providers.get(uri.host.lower())
+    ruri_transport = uri.param("transport")
+    ruri_transport = ruri_transport.lower() if ruri_transport else None
     transport = (
         (provider.transport if provider else None)
         or _transport_param(preset_dst)
-        or _transport_param(ruri)
+        or ruri_transport
         or source.transport
     )
     socket = settings.external.get(transport)
@@ -190,7 +192,7 @@ def route_from_pbx(
     elif provider and provider.addresses:
         hops = [_hop(host, port, transport) for host, port in provider.addresses]
         dst_uri, alternates = hops[0], tuple(hops[1:])
-    elif transport != (_transport_param(ruri) or "udp"):
+    elif transport != (ruri_transport or "udp"):
         dst_uri = f"sip:{uri.hostport};transport={transport}"
 
     flow_token = encode_token(settings.secret, source)

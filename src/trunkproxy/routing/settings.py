@@ -4,6 +4,7 @@ Stdlib only: this runs inside Kamailio's embedded interpreter.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from dataclasses import dataclass, field
@@ -67,11 +68,16 @@ class EndpointSettings:
         )
 
     def is_instance_source(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.instance_networks)
+        return _in_networks(self.instance_networks, address)
+
+
+@functools.lru_cache(maxsize=1024)  # a handful of PBX addresses, asked on every request
+def _in_networks(networks: tuple[IpNetwork, ...], address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
 
 
 def _sockets(raw: dict) -> dict[str, Socket]:
