@@ -34,6 +34,7 @@ class TrunkproxyRun:
     netns: str | None = None
     api_port: int = 0
     extra_toml: str = ""
+    secret_hex: str | None = None  # the host secret to start with (replicas share it)
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -85,6 +86,9 @@ class TrunkproxyRun:
 
     def start(self, timeout: float = 20.0) -> "TrunkproxyRun":
         self.config_path.write_text(self.toml())
+        if self.secret_hex is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            (self.state_dir / "secret").write_text(self.secret_hex + "\n")
         cmd = [*netns_prefix(self.netns), sys.executable, "-m", "trunkproxy.cli", "-c", str(self.config_path), "run"]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
