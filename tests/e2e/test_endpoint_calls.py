@@ -73,3 +73,16 @@ def test_udp_pbx_to_tcp_provider(make_provider, make_endpoint, sipp):
     sipp.run("provider_uac", provider.hostport, vars={"to_user": "4930111"}).assert_ok(calls=1)
     assert pbx.wait(10).successful == 1
     assert any(m.peer[2] == "tcp" for m in provider.sent("INVITE"))
+
+
+def test_tcp_pbx_call_to_udp_provider(make_provider, make_endpoint, sipp):
+    pstn_port = free_port()
+    provider = make_provider(pstn=("127.0.0.1", pstn_port))
+    endpoint = make_endpoint(providers=[ProviderPin("tel.example.test", [provider.hostport])])
+    far = sipp.background("provider_uas", local_port=pstn_port)
+    sipp.run("pbx_uac", rsa=endpoint.internal_hostport, transport="tcp", pause_ms=100,
+             vars={"route": f"sip:{endpoint.internal_hostport};transport=tcp;lr",
+                   "domain": "tel.example.test;transport=udp"}).assert_ok(calls=1)
+    assert far.wait(10).successful == 1
+    invites = [m for m in provider.received("INVITE") if m.msg.is_request]
+    assert invites and invites[0].peer[2] == "udp"
