@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"SIPp on CPU {args.sipp_cpus}; logs in {workdir}")
 
     started = time.time()
+    code_at_start = machine()["code"]  # src may change while a long run goes on
     runs = []
     for run_no in range(args.runs):
         log(f"run {run_no + 1}/{args.runs}")
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "duration_s": round(time.time() - started, 1),
         "machine": machine(),
+        "code_at_start": code_at_start,
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "workdir")},
         "summary": summary,
         "runs": runs,
