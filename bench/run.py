@@ -245,8 +245,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--flows", default="call,register")
     p.add_argument("--workers", type=int, default=2, help="Kamailio children (UDP and TCP) for b and c")
     p.add_argument("--shm-mb", type=int, default=lib.SHM_MB,
-                   help="Kamailio shared memory for b and c (trunkproxy: [proxy] shm_mb; its default 128 "
-                        "holds only ~1,000 calls/s of transactions)")
+                   help="Kamailio shared memory for b and c (trunkproxy: [proxy] shm_mb); ~150 KB per call/s")
     p.add_argument("--proxy-cpus", default="1", help="taskset CPU list for the proxies ('' = no pinning)")
     p.add_argument("--sipp-cpus", default="0", help="taskset CPU list for SIPp ('' = no pinning)")
     p.add_argument("--no-search", action="store_true", help="skip the max-rate search")
