@@ -124,9 +124,14 @@ class RegistrationMonitor:
             listener(event)
         trunk = self._trunk_of(event.key.aor, event.key.registrar)
         update = self.book.handle(event, self.clock(), trunk)
-        if update is not None:
-            self._apply([update])
-        self._rearm()
+        if update is None:
+            return
+        self._apply([update])
+        deadline = self.book.deadline_of(update.registration) if update.registration is not None else None
+        if deadline is not None:
+            # only this registration changed: its deadline is the only one that can be earlier
+            # than the armed timer (a full scan per event was O(registrations))
+            self._rearm(deadline)
 
     def tick(self) -> None:
         """Expire and time out what is due now (runs by itself on a timer once started)."""
@@ -188,11 +193,14 @@ class RegistrationMonitor:
         except Exception:  # noqa: BLE001 - keep monitoring in memory even if the disk fails
             log.exception("cannot persist registration state to %s", self.database_path)
 
-    def _rearm(self) -> None:
+    def _rearm(self, deadline: float | None = None) -> None:
+        """Arm the timer for `deadline` if it comes before the armed one; without an argument,
+        for the book's earliest deadline (after a tick)."""
         if not self._running:
             return  # not started (tests, tools): the caller ticks
         loop = asyncio.get_running_loop()
-        deadline = self.book.next_deadline()
+        if deadline is None:
+            deadline = self.book.next_deadline()
         now = self.clock()
         delay = MAX_TIMER_DELAY if deadline is None else min(MAX_TIMER_DELAY, max(0.0, deadline - now))
         at = now + delay

@@ -299,15 +299,18 @@ class RegistrationBook:
         return updates
 
     def next_deadline(self) -> float | None:
-        """The earliest time `tick` has something to do, or None."""
+        """The earliest time `tick` has something to do, or None (looks at every registration)."""
+        return min(filter(None, map(self.deadline_of, self._regs.values())), default=None)
+
+    def deadline_of(self, reg: Registration) -> float | None:
+        """The earliest time `tick` has something to do for `reg`, or None."""
         deadlines = []
-        for reg in self._regs.values():
-            if reg.pending_since is not None:
-                deadlines.append(reg.pending_since + self.reply_timeout)
-            if reg.expires_at is not None:
-                deadlines.append(reg.expires_at)
-            if reg.state is State.UNREGISTERED:
-                deadlines.append(reg.updated_at + self.forget_after)
+        if reg.pending_since is not None:
+            deadlines.append(reg.pending_since + self.reply_timeout)
+        if reg.expires_at is not None:
+            deadlines.append(reg.expires_at)
+        if reg.state is State.UNREGISTERED:
+            deadlines.append(reg.updated_at + self.forget_after)
         return min(deadlines, default=None)
 
     def _commit(self, reg: Registration, old: State | None, new: State, what: Input,

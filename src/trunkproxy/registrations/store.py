@@ -5,7 +5,6 @@ the file read-only. WAL mode lets readers look while the writer writes.
 """
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from pathlib import Path
 from typing import Iterable
@@ -39,12 +38,17 @@ class StoreError(Exception):
     """The state file cannot be opened or has an unknown layout; the message names the file."""
 
 
+_KEY_FIELDS = {"endpoint", "aor", "registrar", "flow"}
+
+
 def _to_row(reg: Registration) -> tuple:
-    values = dataclasses.asdict(reg)
-    key = values.pop("key")
-    values.update(endpoint=key[0], aor=key[1], registrar=key[2], flow=key[3], state=reg.state.value,
-                  challenge_pending=int(reg.challenge_pending), pending_removal=int(reg.pending_removal))
-    return tuple(values[c] for c in _COLUMNS)
+    # getattr per column, not dataclasses.asdict: asdict deep-copies and was ~100 µs a row
+    special = {"state": reg.state.value, "challenge_pending": int(reg.challenge_pending),
+               "pending_removal": int(reg.pending_removal)}
+    return tuple(
+        getattr(reg.key, c) if c in _KEY_FIELDS else special[c] if c in special else getattr(reg, c)
+        for c in _COLUMNS
+    )
 
 
 def _from_row(row: sqlite3.Row) -> Registration:
