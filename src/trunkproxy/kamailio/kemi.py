@@ -21,6 +21,7 @@ from trunkproxy.routing.settings import EndpointSettings, settings_from_json
 from trunkproxy.routing.tokens import Flow, flow_of_text
 
 _RELOAD_CHECK_S = 1.0
+_DECISION_CACHE_SIZE = 4096
 
 
 def _request_entry(method):
@@ -61,12 +62,14 @@ class Router:
         self._next_check = 0.0
         self.settings: EndpointSettings = self._load()
         self._events: _socket.socket | None = None
+        self._decisions: dict[tuple, decide.Decision] = {}
 
     # -- settings ---------------------------------------------------------------------
     def _load(self) -> EndpointSettings:
         with open(self._path, encoding="utf-8") as fh:
             text = fh.read()
         self._mtime = os.stat(self._path).st_mtime
+        self._decisions = {}
         return settings_from_json(text)
 
     def _current(self) -> EndpointSettings:
@@ -99,19 +102,21 @@ class Router:
         settings = self._current()
         method = KSR.pv.get("$rm")
         preset = KSR.pv.get("$du") if KSR.isdsturiset() > 0 else None
+        ruri = KSR.pv.get("$ru")
         source = _source()
         contact = _header("Contact")
         register = method == "REGISTER"
-        decision = decide.route_from_pbx(
-            settings,
-            method,
-            KSR.pv.get("$ru"),
-            source,
-            contact,
-            preset,
-            KSR.is_myself_ruri() > 0,
-            register and decide.supports_path(_header("Supported")),
-        )
+        path_ok = register and decide.supports_path(_header("Supported"))
+        # every call of a trunk asks the same question but for the dialled number: the
+        # decision depends on the Request-URI without its user part, so it is cached on that
+        key = (method, _without_user(ruri), source, contact, preset, path_ok)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = decide.route_from_pbx(
+                settings, method, ruri, source, contact, preset, KSR.is_myself_ruri() > 0, path_ok)
+            if len(self._decisions) >= _DECISION_CACHE_SIZE:
+                self._decisions.clear()
+            self._decisions[key] = decision
         if register and isinstance(decision, decide.Relay):
             registrar = KSR.pv.get("$rd")
             # what the reply route needs, kept in the transaction (no $T_req lookups there)
@@ -248,6 +253,11 @@ def _fail_over(route_name: str) -> int:
     if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
         KSR.tm.t_reply(503, "Service Unavailable")
     return 1
+
+
+def _without_user(uri: str) -> str:
+    scheme, _colon, rest = uri.partition(":")
+    return f"{scheme}:{rest[rest.rfind('@') + 1:]}"
 
 
 def _int(text: str | None) -> int | None:
