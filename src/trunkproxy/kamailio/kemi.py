@@ -22,6 +22,7 @@ from trunkproxy.routing.tokens import Flow, flow_of_text
 
 _RELOAD_CHECK_S = 1.0
 _DECISION_CACHE_SIZE = 4096
+_BOUND_MEMORY = 16384
 
 
 def _request_entry(method):
@@ -63,6 +64,7 @@ class Router:
         self.settings: EndpointSettings = self._load()
         self._events: _socket.socket | None = None
         self._decisions: dict[tuple, decide.Decision] = {}
+        self._bound: set[tuple[str, Flow]] = set()  # (To URI, flow) granted a binding
 
     # -- settings ---------------------------------------------------------------------
     def _load(self) -> EndpointSettings:
@@ -122,7 +124,11 @@ class Router:
             # what the reply route needs, kept in the transaction (no $T_req lookups there)
             KSR.pv.sets("$avp(tp_reg)", f"{source}|{registrar}|{decision.send_socket}")
             expires = requested_expires(contact, _header("Expires"))
-            self._emit(settings, _register_event("register_request", registrar, source, expires=expires))
+            to_uri = KSR.pv.get("$tu") or ""
+            # a refresh of a binding this worker saw granted changes no state: not reported,
+            # its reply is (halves the events of a registered trunk)
+            if expires == 0 or (to_uri, source) not in self._bound:
+                self._emit(settings, _register_event("register_request", registrar, source, to_uri, expires=expires))
         _apply(decision)
         return 1
 
@@ -185,8 +191,15 @@ class Router:
                 if restored is not None:
                     _replace_header("Contact", restored)
         min_expires = _int(_header("Min-Expires")) if code == 423 else None
+        to_uri = KSR.pv.get("$tu") or ""
+        if 200 <= code < 300 and expires:
+            if len(self._bound) >= _BOUND_MEMORY:
+                self._bound.clear()
+            self._bound.add((to_uri, flow))
+        elif code not in (401, 407):  # a challenge does not end the binding
+            self._bound.discard((to_uri, flow))
         self._emit(settings, _register_event(
-            "register_reply", registrar or KSR.pv.get("$T_req($rd)"), flow,
+            "register_reply", registrar or KSR.pv.get("$T_req($rd)"), flow, to_uri,
             provider=f"{KSR.pv.get('$pr')}:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}",
             socket=socket or None, code=code, reason=KSR.pv.get("$rr"), expires=expires, min_expires=min_expires,
         ))
@@ -197,8 +210,9 @@ class Router:
         """Failure route of a REGISTER: a timeout with no answer becomes a `timeout` event."""
         settings = self._current()
         if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
+            self._bound.discard((KSR.pv.get("$tu") or "", _source()))
             self._emit(settings, _register_event(
-                "register_reply", KSR.pv.get("$rd"), _source(),
+                "register_reply", KSR.pv.get("$rd"), _source(), KSR.pv.get("$tu") or "",
                 code=408, reason="timeout", expires=None, min_expires=None, local=True,
             ))
         return _fail_over("register_failure")
@@ -291,13 +305,13 @@ def _hide_contact(settings: EndpointSettings, contact: str, flow: Flow, socket) 
         _replace_header("Contact", new_value)
 
 
-def _register_event(kind: str, registrar: str, flow: Flow, **fields) -> dict:
+def _register_event(kind: str, registrar: str, flow: Flow, to_uri: str, **fields) -> dict:
     """The fields every REGISTER event carries, from the message at hand, plus `fields`."""
     return {
         "event": kind,
         "call_id": KSR.pv.get("$ci"),
         "cseq": _int(KSR.pv.get("$cs")),
-        "aor": aor_of(KSR.pv.get("$tu") or ""),
+        "aor": aor_of(to_uri),
         "registrar": registrar,
         "flow": str(flow),
         **fields,
