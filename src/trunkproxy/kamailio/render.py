@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 
 from trunkproxy.config.model import Config, Endpoint
+from trunkproxy.routing.addresses import parse_hostport
 
 
 class InterfaceError(Exception):
@@ -68,8 +69,6 @@ def _hostport(host: str, port: int) -> str:
 def _advertise(endpoint: Endpoint) -> tuple[str, int] | None:
     if not endpoint.advertise:
         return None
-    from trunkproxy.routing.addresses import parse_hostport
-
     return parse_hostport(endpoint.advertise, endpoint.external_port)
 
 
