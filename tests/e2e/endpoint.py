@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from .procs import free_port, netns_prefix, sip_ping
+from .procs import free_port, netns_prefix, read_log, sip_ping, tail
 
 
 @dataclass
@@ -130,13 +130,10 @@ class TrunkproxyRun:
         return self.proc.returncode
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def log_tail(self, lines: int = 80) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
+        return tail(self.log(), lines)
 
     # --- added for the registration monitor tests
 

@@ -229,10 +229,7 @@ class KamailioProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def log_tail(self, lines: int = 80) -> str:
         """The last lines of the log, E2E-RCV/SND lines decoded to a readable summary."""
@@ -267,6 +264,18 @@ class KamailioProcess:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def read_log(path: Path) -> str:
+    """A process's log so far ("" before it exists)."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def tail(text: str, lines: int) -> str:
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def _readable(line: str) -> str:

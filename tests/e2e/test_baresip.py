@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from .endpoint import ProviderPin, TrunkproxyRun
-from .procs import free_port, wait_until
+from .procs import free_port, read_log, tail, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -223,13 +223,10 @@ ctrl_tcp_listen\t\t127.0.0.1:{self.ctrl_port}
         return self.proc.returncode
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def log_tail(self, lines: int = 150) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
+        return tail(self.log(), lines)
 
 
 @pytest.fixture
