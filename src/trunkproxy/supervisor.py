@@ -16,8 +16,8 @@ from trunkproxy.kamailio.render import (
     kamailio_cfg,
     resolve_endpoint,
     settings_json,
-    write_atomically,
 )
+from trunkproxy.atomic import write_atomically
 from trunkproxy.kamailio.rpc import RpcError, rpc_call
 from trunkproxy.registrations import paths as registration_paths
 from trunkproxy.secret import load_or_create_secret
@@ -51,7 +51,7 @@ class Supervisor:
         self.endpoints, configs = self._render(self.config)
         for resolved in self.endpoints:
             self.write_settings(resolved)
-            write_atomically(resolved.config_path, configs[resolved.name])
+            write_atomically(resolved.run_dir, {resolved.config_path.name: configs[resolved.name]}, mode=0o644)
 
     def _render(self, config: Config) -> tuple[list[ResolvedEndpoint], dict[str, str]]:
         """Resolve every endpoint's interface and render its Kamailio config (writes nothing)."""
@@ -94,7 +94,7 @@ class Supervisor:
             current = resolved.config_path.read_text() if resolved.config_path.exists() else None
             if resolved.name in self.processes and current == configs[resolved.name]:
                 continue
-            write_atomically(resolved.config_path, configs[resolved.name])
+            write_atomically(resolved.run_dir, {resolved.config_path.name: configs[resolved.name]}, mode=0o644)
             if resolved.name in self.processes:
                 log.info("reload: endpoint %s changed; restarting its kamailio", resolved.name)
                 await self.processes.pop(resolved.name).stop()
@@ -111,7 +111,7 @@ class Supervisor:
     def write_settings(self, resolved: ResolvedEndpoint) -> None:
         text = settings_json(self.config, resolved, self.secret, self.events_socket, self.provider_overrides,
                              [self.consul_name(resolved.name)])
-        write_atomically(resolved.settings_path, text, mode=0o600)
+        write_atomically(resolved.run_dir, {resolved.settings_path.name: text}, mode=0o600)
 
     def apply_proxy_rules(self, rules: dict) -> None:
         """Consul KV's sipproxy.json rules reach the running endpoints: forced transport per registrar."""

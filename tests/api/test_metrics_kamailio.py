@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from trunkproxy.api.app import create_api_app
-from trunkproxy.api.kamailio_stats import parse_statistics, sip_counters
+from trunkproxy.api.kamailio_stats import parse_statistics
 
 from .rpc_client import rpc
 

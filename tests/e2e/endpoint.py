@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from .procs import free_port, netns_prefix, read_log, sip_ping, tail
+from .procs import free_port, netns_prefix, read_log, sip_ping, stop_process, tail
 
 
 @dataclass
@@ -119,13 +119,7 @@ class TrunkproxyRun:
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_process(self.proc, timeout)
         self._log.close()
         return self.proc.returncode
 

@@ -139,7 +139,7 @@ def sip_ping(ip: str, port: int, transport: str = "udp", netns: str | None = Non
 
 # --------------------------------------------------------------------------- processes
 
-def _stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
     """SIGTERM the process (by PID); SIGKILL its own process group after `timeout`."""
     if proc.poll() is not None:
         return
@@ -219,7 +219,7 @@ class KamailioProcess:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop_process(self.proc)
+            stop_process(self.proc)
         if self._log_file:
             self._log_file.close()
             self._log_file = None

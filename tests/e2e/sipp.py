@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .procs import (DOMAIN, SCENARIO_DIR, SIPP, UNREACHABLE_CONTACT, _stop_process, free_port,
+from .procs import (DOMAIN, SCENARIO_DIR, SIPP, UNREACHABLE_CONTACT, stop_process, free_port,
                     netns_prefix)
 
 # --------------------------------------------------------------------------- SIPp
@@ -110,14 +110,14 @@ class SippProcess:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            _stop_process(self.proc)
+            stop_process(self.proc)
         return self._collect(timed_out)
 
     def stop(self) -> SippResult:
         if self._result is None:
             if self.proc.poll() is None:
                 # SIGUSR1 would dump; SIGTERM makes SIPp write its final stats and exit
-                _stop_process(self.proc, timeout=3)
+                stop_process(self.proc, timeout=3)
             return self._collect(False)
         return self._result
 
@@ -258,7 +258,7 @@ class Sipp:
                 proc.wait(timeout=timeout + 10)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                _stop_process(proc)
+                stop_process(proc)
         return _collect(path.stem, proc.returncode, files, cmd, timed_out)
 
     def background(self, scenario: str | Path, target: str | None = None, *,

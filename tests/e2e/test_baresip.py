@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -29,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from .endpoint import ProviderPin, TrunkproxyRun
-from .procs import free_port, read_log, tail, wait_until
+from .procs import free_port, read_log, stop_process, tail, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -209,13 +208,7 @@ ctrl_tcp_listen\t\t127.0.0.1:{self.ctrl_port}
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_process(self.proc, timeout)
         sock, self.sock = self.sock, None
         if sock is not None:
             sock.close()

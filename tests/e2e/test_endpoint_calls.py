@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from .endpoint import ProviderPin
-from .procs import free_port, wait_until
+from .procs import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import pytest
 from hosting.conftest import ConsulAgent, consul_binary
 
 from .endpoint import ProviderPin
-from .procs import free_port, wait_until
+from .procs import wait_until
 
 pytestmark = pytest.mark.e2e
 

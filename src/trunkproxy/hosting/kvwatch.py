@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from trunkproxy.hosting.atomic import write_atomically
+from trunkproxy.atomic import write_atomically
 from trunkproxy.hosting.consul import Backoff, ConsulClient, ConsulError, ConsulUnavailable
 from trunkproxy.hosting.sipproxy_json import ProxyRule, SipProxyJsonError, parse_sipproxy_json
 

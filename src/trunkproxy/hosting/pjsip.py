@@ -10,7 +10,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
-from trunkproxy.hosting.atomic import write_atomically
+from trunkproxy.atomic import write_atomically
 from trunkproxy.hosting.resolve import Route
 from trunkproxy.hosting.trunks import MASK
 

@@ -137,11 +137,8 @@ class Router:
         settings = self._current()
         source = KSR.pv.get("$si")
         known = source in settings.pinned_ips or KSR.htable.sht_get("tp_known", source) is not None
-        ruri = KSR.pv.get("$ru")
         ruri_is_local = KSR.is_myself_ruri() > 0
-        top_route = _header("Route")
-        if top_route:
-            _drop_own_routes(settings, top_route)  # our own Path entry
+        ruri, top_route = _provider_route_facts(settings)  # drops our own Path entry
         decision = decide.route_from_provider(settings, KSR.pv.get("$rm"), ruri, top_route, ruri_is_local, known)
         _apply(decision)
         return 1
@@ -149,10 +146,7 @@ class Router:
     @_request_entry
     def in_dialog_from_provider(self, msg) -> int:
         settings = self._current()
-        ruri = KSR.pv.get("$ru")
-        top_route = _header("Route")
-        if top_route:
-            _drop_own_routes(settings, top_route)
+        ruri, top_route = _provider_route_facts(settings)  # drops our own Record-Route entries
         decision = decide.route_in_dialog_from_provider(settings, KSR.pv.get("$rm"), ruri, top_route)
         _apply(decision)
         return 1
@@ -282,21 +276,29 @@ def _source() -> Flow:
     return Flow(KSR.pv.get("$pr"), KSR.pv.get("$si"), int(KSR.pv.get("$sp")))
 
 
+_HEADER_SPECS: dict[str, str] = {}
+
+
 def _header(name: str) -> str | None:
     """All values of a header, comma-joined (a header may be repeated)."""
-    return KSR.pv.get(f"$(hdr({name})[*])")
+    spec = _HEADER_SPECS.get(name)
+    if spec is None:
+        spec = _HEADER_SPECS[name] = f"$(hdr({name})[*])"
+    return KSR.pv.get(spec)
 
 
-def _drop_own_routes(settings: EndpointSettings, route: str) -> None:
-    """Remove the Route entries naming this endpoint. Not loose_route(): our Contact in the
-    Request-URI makes it take the strict-router path, which rewrites the Request-URI and
-    leaves an empty Route header behind when both of our entries share one header line."""
-    remaining = decide.strip_own_routes(settings, route)
-    if remaining is None:
-        return
-    KSR.hdr.remove("Route")
-    if remaining:
-        KSR.hdr.insert(f"Route: {remaining}\r\n")
+def _provider_route_facts(settings: EndpointSettings) -> tuple[str, str | None]:
+    """(Request-URI, Route as received) of a request from outside, after removing the Route
+    entries naming this endpoint. Not loose_route(): our Contact in the Request-URI makes it
+    take the strict-router path, which rewrites the Request-URI and leaves an empty Route
+    header behind when both of our entries share one header line."""
+    route = _header("Route")
+    remaining = decide.strip_own_routes(settings, route) if route else None
+    if remaining is not None:
+        KSR.hdr.remove("Route")
+        if remaining:
+            KSR.hdr.insert(f"Route: {remaining}\r\n")
+    return KSR.pv.get("$ru"), route
 
 
 def _hide_contact(settings: EndpointSettings, contact: str, flow: Flow, socket) -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import socket
 from dataclasses import dataclass
 from importlib import resources
@@ -138,12 +137,3 @@ def kamailio_cfg(config: Config, resolved: ResolvedEndpoint, aliases: list[str] 
     for key, value in values.items():
         template = template.replace(f"@@{key}@@", value)
     return template
-
-
-def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)

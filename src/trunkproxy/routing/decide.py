@@ -288,7 +288,3 @@ def route_in_dialog_from_provider(settings: EndpointSettings, method: str, ruri:
     if route_flow is not None:
         return _deliver_to_pbx(settings, route_flow, ruri, method, initial=False)
     return _refuse(method, 403, "Forbidden")
-
-
-def socket_for_reply_contact(settings: EndpointSettings, provider_transport: str) -> Socket | None:
-    return settings.external.get(provider_transport)
