@@ -42,6 +42,20 @@ async def test_events_arrive_and_malformed_ones_are_counted(short_dir, send, cap
     assert not (short_dir / "ev.sock").exists()
 
 
+async def test_a_batch_datagram_carries_events_one_per_line(short_dir, send):
+    got = []
+    receiver = EventReceiver(short_dir / "ev.sock", got.append)
+    await receiver.start()
+    try:
+        later = RegisterRequest(KEY, 1764300001.0, "c1", 2, 3600)
+        send(short_dir / "ev.sock", encode_event(EVENT) + b"\n{broken\n\n" + encode_event(later))
+        await _until(lambda: receiver.received + receiver.malformed == 3)
+        assert got == [EVENT, later]  # in order; the bad line costs only itself
+        assert receiver.malformed == 1
+    finally:
+        await receiver.stop()
+
+
 async def test_a_failing_handler_does_not_stop_the_socket(short_dir, send):
     calls = []
 

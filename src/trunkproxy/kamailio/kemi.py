@@ -22,7 +22,14 @@ from trunkproxy.routing.tokens import Flow, flow_of_text
 
 _RELOAD_CHECK_S = 1.0
 _DECISION_CACHE_SIZE = 4096
-_BOUND_MEMORY = 16384
+# Memoised decisions and replies live in shared memory (htables tp_dec, tp_rep); the native
+# route refreshes an entry's lifetime on every use, so a flood of distinct requests could
+# grow them without end: a worker clears a table after storing this many entries into it.
+_NATIVE_CACHE_STORES = 10000
+_EVENT_QUEUE = "tp_ev"
+_FULL_EVENT = "="  # queue key of an event queued as complete JSON (else: cached fields)
+_TICK_MAX_EVENTS = 20000
+_DATAGRAM_BYTES = 60000
 
 
 def _request_entry(method):
@@ -64,22 +71,28 @@ class Router:
         self.settings: EndpointSettings = self._load()
         self._events: _socket.socket | None = None
         self._decisions: dict[tuple, decide.Decision] = {}
-        self._bound: set[tuple[str, Flow]] = set()  # (To URI, flow) granted a binding
+        self._published_gen: str | None = None  # the generation the native caches are keyed on
+        self._stores = {"tp_dec": 0, "tp_rep": 0}
 
     # -- settings ---------------------------------------------------------------------
     def _load(self) -> EndpointSettings:
         with open(self._path, encoding="utf-8") as fh:
             text = fh.read()
-        self._mtime = os.stat(self._path).st_mtime
+        self._mtime = os.stat(self._path).st_mtime_ns
         self._decisions = {}
         return settings_from_json(text)
+
+    @property
+    def generation(self) -> str:
+        """Names the settings this process decides with (the native cache keys start with it)."""
+        return str(self._mtime)
 
     def _current(self) -> EndpointSettings:
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + _RELOAD_CHECK_S
             try:
-                if os.stat(self._path).st_mtime != self._mtime:
+                if os.stat(self._path).st_mtime_ns != self._mtime:
                     self.settings = self._load()
                     KSR.info(f"trunkproxy: settings reloaded from {self._path}\n")
             except (OSError, ValueError, KeyError) as exc:
@@ -101,6 +114,7 @@ class Router:
 
     @_request_entry
     def initial_from_pbx(self, msg) -> int:
+        """A request the native decision cache did not know (route INITIAL_FROM_PBX)."""
         settings = self._current()
         method = KSR.pv.get("$rm")
         preset = KSR.pv.get("$du") if KSR.isdsturiset() > 0 else None
@@ -119,18 +133,41 @@ class Router:
             if len(self._decisions) >= _DECISION_CACHE_SIZE:
                 self._decisions.clear()
             self._decisions[key] = decision
-        if register and isinstance(decision, decide.Relay):
-            registrar = KSR.pv.get("$rd")
-            # what the reply route needs, kept in the transaction (no $T_req lookups there)
-            KSR.pv.sets("$avp(tp_reg)", f"{source}|{registrar}|{decision.send_socket}")
-            expires = requested_expires(contact, _header("Expires"))
-            to_uri = KSR.pv.get("$tu") or ""
-            # a refresh of a binding this worker saw granted changes no state: not reported,
-            # its reply is (halves the events of a registered trunk)
-            if expires == 0 or (to_uri, source) not in self._bound:
+        if isinstance(decision, decide.Relay):
+            expires = requested_expires(contact, _header("Expires")) if register else None
+            if expires != 0 and contact != "*":
+                self._memoise(KSR.pv.get("$var(dk)") or "", decision)
+            if register:
+                registrar = KSR.pv.get("$rd")
+                to_uri = KSR.pv.get("$tu") or ""
+                # what the reply route needs, kept in the transaction; the native route sets
+                # the same for the REGISTERs it replays
+                KSR.pv.sets("$avp(tp_rid)", f"{source}|{registrar}|{decision.send_socket}|{to_uri}")
                 self._emit(settings, _register_event("register_request", registrar, source, to_uri, expires=expires))
         _apply(decision)
         return 1
+
+    def _memoise(self, native_key: str, decision: decide.Relay) -> None:
+        """Store the decision for route INITIAL_FROM_PBX to replay; only under the settings
+        generation it was made with, and only when no field holds the separator."""
+        gen = native_key.partition("|")[0]
+        if gen != self.generation:
+            self._next_check = 0.0
+            self._current()
+            if gen != self.generation:
+                return  # the tick has not published these settings yet
+        fields = (decision.send_socket, decision.dst_uri or "", decision.contact or "", decision.path or "",
+                  decision.record_route or "", " ".join(decision.alternates))
+        if decision.ruri is not None or decision.record_route == "" or any("|" in f for f in fields):
+            return
+        self._store("tp_dec", native_key, "|".join(fields))
+
+    def _store(self, table: str, key: str, value: str) -> None:
+        self._stores[table] += 1
+        if self._stores[table] > _NATIVE_CACHE_STORES:
+            self._stores[table] = 0
+            KSR.htable.sht_reset(table)
+        KSR.htable.sht_sets(table, key, value)
 
     @_request_entry
     def initial_from_provider(self, msg) -> int:
@@ -147,7 +184,14 @@ class Router:
     def in_dialog_from_provider(self, msg) -> int:
         settings = self._current()
         ruri, top_route = _provider_route_facts(settings)  # drops our own Record-Route entries
-        decision = decide.route_in_dialog_from_provider(settings, KSR.pv.get("$rm"), ruri, top_route)
+        method = KSR.pv.get("$rm")
+        decision = decide.route_in_dialog_from_provider(settings, method, ruri, top_route)
+        if isinstance(decision, decide.Relay):
+            # active dialogs (tp_dlg): confirmed by the ACK to a 2xx, ended by a BYE, as for PBXs
+            if method == "ACK":
+                KSR.htable.sht_seti("tp_dlg", KSR.pv.get("$ci"), 1)
+            elif method == "BYE":
+                KSR.htable.sht_rm("tp_dlg", KSR.pv.get("$ci"))
         _apply(decision)
         return 1
 
@@ -168,15 +212,14 @@ class Router:
 
     @_reply_entry
     def register_reply(self, msg) -> int:
-        """Final reply to a REGISTER (1xx never get here; the native route marked the
-        provider as known): restore the PBX's Contact, report the outcome."""
+        """Final reply to a REGISTER that the native reply cache did not know (1xx never get
+        here; the native route marked the provider as known): restore the PBX's Contact,
+        report the outcome, memoise both for the same reply to the same registration."""
         settings = self._current()
         code = int(KSR.pv.get("$rs"))
-        stash = KSR.pv.get("$avp(tp_reg)") or ""
-        flow_text, registrar, socket = (stash.split("|") + ["", "", ""])[:3]
-        flow = flow_of_text(flow_text) or Flow(
-            KSR.pv.get("$T_req($pr)") or "udp", KSR.pv.get("$T_req($si)"), int(KSR.pv.get("$T_req($sp)")))
+        flow, registrar, socket, to_uri = _registration_of_transaction()
         expires = None
+        restored = None
         if 200 <= code < 300:
             contact = _header("Contact")
             expires = granted_expires(settings.secret, contact, _header("Expires"), flow)
@@ -185,18 +228,17 @@ class Router:
                 if restored is not None:
                     _replace_header("Contact", restored)
         min_expires = _int(_header("Min-Expires")) if code == 423 else None
-        to_uri = KSR.pv.get("$tu") or ""
-        if 200 <= code < 300 and expires:
-            if len(self._bound) >= _BOUND_MEMORY:
-                self._bound.clear()
-            self._bound.add((to_uri, flow))
-        elif code not in (401, 407):  # a challenge does not end the binding
-            self._bound.discard((to_uri, flow))
-        self._emit(settings, _register_event(
-            "register_reply", registrar or KSR.pv.get("$T_req($rd)"), flow, to_uri,
+        fields = _registration_fields(
+            "register_reply", settings, registrar, flow, to_uri,
             provider=f"{KSR.pv.get('$pr')}:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}",
             socket=socket or None, code=code, reason=KSR.pv.get("$rr"), expires=expires, min_expires=min_expires,
-        ))
+        )
+        self._emit_fields(fields)
+        reply_key = KSR.pv.get("$var(rk)") or ""
+        if reply_key and (200 <= code < 300 or code in (401, 407)):
+            fragment = json.dumps(fields)[1:-1]
+            if "|" not in fragment and "|" not in (restored or ""):
+                self._store("tp_rep", reply_key, f"{fragment}|{restored or ''}")
         return 1
 
     @_reply_entry
@@ -204,10 +246,10 @@ class Router:
         """Failure route of a REGISTER: a timeout with no answer becomes a `timeout` event."""
         settings = self._current()
         if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
-            self._bound.discard((KSR.pv.get("$tu") or "", _source()))
-            self._emit(settings, _register_event(
-                "register_reply", KSR.pv.get("$rd"), _source(), KSR.pv.get("$tu") or "",
-                code=408, reason="timeout", expires=None, min_expires=None, local=True,
+            flow, registrar, socket, to_uri = _registration_of_transaction()
+            self._emit_fields(_registration_fields(
+                "register_reply", settings, registrar, flow, to_uri,
+                socket=socket or None, code=408, reason="timeout", expires=None, min_expires=None, local=True,
             ))
         return _fail_over("register_failure")
 
@@ -229,18 +271,76 @@ class Router:
         return 1
 
     # -- registration events ----------------------------------------------------------
+    # Every event goes through one shared-memory queue (tp_ev), so the control plane sees
+    # them in order whether Python or the native reply cache produced them; the timer
+    # process sends them in batches (newline-separated JSON, one datagram per batch).
     def _emit(self, settings: EndpointSettings, event: dict) -> None:
         if not settings.events_socket:
             return
         event["endpoint"] = settings.name
         event["ts"] = time.time()
+        KSR.mqueue.mq_add(_EVENT_QUEUE, _FULL_EVENT, json.dumps(event))
+
+    def _emit_fields(self, fields: dict) -> None:
+        """An event from `_registration_fields`, completed with the message's Call-ID etc."""
+        if not self.settings.events_socket:
+            return
+        KSR.mqueue.mq_add(_EVENT_QUEUE, json.dumps(fields)[1:-1], f"{KSR.pv.get('$cs')} {time.time()} {KSR.pv.get('$ci')}")
+
+    def tick(self, msg) -> int:
+        """rtimer, in its own process: publish changed settings, send the queued events."""
+        try:
+            settings = self._current()
+            if self._published_gen != self.generation:
+                # new settings: memoised decisions are void (the keys carry the generation)
+                KSR.htable.sht_sets("tp_gen", "g", self.generation)
+                KSR.htable.sht_reset("tp_dec")
+                self._published_gen = self.generation
+            lines = _queued_events()
+            if lines and settings.events_socket:
+                self._send(settings.events_socket, lines)
+        except Exception:  # noqa: BLE001 - the timer must keep running
+            KSR.err(f"trunkproxy: tick failed: {traceback.format_exc()}\n")
+        return 1
+
+    def _send(self, path: str, lines: list[str]) -> None:
         try:
             if self._events is None:
                 self._events = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-                self._events.setblocking(False)
-            self._events.sendto(json.dumps(event).encode(), settings.events_socket)
+            for batch in _batches(lines, _DATAGRAM_BYTES):
+                self._events.sendto(batch, path)
         except OSError:
-            pass  # the control plane is restarting; the next REGISTER refresh reports again
+            pass  # the control plane is restarting; refreshes report again
+
+
+def _queued_events() -> list[str]:
+    fetch, key_of, value_of = KSR.mqueue.mq_fetch, KSR.mqueue.mqk_get, KSR.mqueue.mqv_get
+    lines: list[str] = []
+    while len(lines) < _TICK_MAX_EVENTS and fetch(_EVENT_QUEUE) > 0:
+        key, value = key_of(_EVENT_QUEUE), value_of(_EVENT_QUEUE)
+        if key == _FULL_EVENT:
+            lines.append(value)
+            continue
+        # fields memoised by register_reply + "CSeq time Call-ID" of this reply
+        cseq, _sp, rest = value.partition(" ")
+        ts, _sp, call_id = rest.partition(" ")
+        if cseq.isdigit():
+            lines.append(f'{{{key},"cseq":{cseq},"ts":{ts or 0},"call_id":{json.dumps(call_id)}}}')
+    return lines
+
+
+def _batches(lines: list[str], limit: int):
+    batch: list[bytes] = []
+    size = 0
+    for line in lines:
+        data = line.encode()
+        if batch and size + len(data) + 1 > limit:
+            yield b"\n".join(batch)
+            batch, size = [], 0
+        batch.append(data)
+        size += len(data) + 1
+    if batch:
+        yield b"\n".join(batch)
 
 
 def _fail_over(route_name: str) -> int:
@@ -318,6 +418,25 @@ def _register_event(kind: str, registrar: str, flow: Flow, to_uri: str, **fields
         "flow": str(flow),
         **fields,
     }
+
+
+def _registration_fields(kind: str, settings: EndpointSettings, registrar: str, flow: Flow, to_uri: str,
+                         **fields) -> dict:
+    """A REGISTER event without what differs between two replies to the same registration
+    (Call-ID, CSeq, time): those are added when it is queued."""
+    return {"event": kind, "endpoint": settings.name, "aor": aor_of(to_uri), "registrar": registrar,
+            "flow": str(flow), **fields}
+
+
+def _registration_of_transaction() -> tuple[Flow, str, str, str]:
+    """(PBX flow, registrar, send socket, To URI) of the REGISTER this reply/failure belongs
+    to, from the transaction's $avp(tp_rid) ("flow|registrar|socket|To")."""
+    flow_text, _s, rest = (KSR.pv.get("$avp(tp_rid)") or "").partition("|")
+    registrar, _s, rest = rest.partition("|")
+    socket, _s, to_uri = rest.partition("|")
+    flow = flow_of_text(flow_text) or Flow(
+        KSR.pv.get("$T_req($pr)") or "udp", KSR.pv.get("$T_req($si)"), int(KSR.pv.get("$T_req($sp)")))
+    return flow, registrar or KSR.pv.get("$T_req($rd)"), socket, to_uri or KSR.pv.get("$tu") or ""
 
 
 def _replace_header(name: str, value: str) -> None:

@@ -43,6 +43,15 @@ class ResolvedEndpoint:
         return self.run_dir / "rpc.sock"
 
 
+NATIVE_CACHE_TTL_S = 7200
+"""An unused memoised decision or REGISTER reply is forgotten after this long (each use renews it)."""
+DIALOG_TIMEOUT_S = 43200
+"""A dialog with no BYE seen is no longer counted as active after this long (Kamailio's
+dialog module's default_timeout): a lost BYE must not inflate the gauge for ever."""
+TICK_INTERVAL_MS = 200
+"""How often the timer process sends queued REGISTER events and checks the settings file."""
+
+
 def interface_address(interface: str) -> str:
     addrs = psutil.net_if_addrs().get(interface)
     if addrs is None:
@@ -130,6 +139,9 @@ def kamailio_cfg(config: Config, resolved: ResolvedEndpoint, aliases: list[str] 
         "FR_TIMER": str(config.proxy.provider_timeout_ms),
         "FR_INV_TIMER": str(config.proxy.invite_timeout_ms),
         "KNOWN_TTL": "7200",
+        "CACHE_TTL": str(NATIVE_CACHE_TTL_S),
+        "DIALOG_TTL": str(DIALOG_TIMEOUT_S),
+        "TICK_US": str(TICK_INTERVAL_MS * 1000),
         "KEMI_ENTRY": str(entry),
         "IS_INTERNAL": is_internal,
         "INSTANCE_NETWORKS": networks,

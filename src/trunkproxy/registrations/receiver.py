@@ -1,6 +1,7 @@
 """The unix datagram socket that Kamailio's Python sends REGISTER events to.
 
-The only I/O of the event path: datagrams in, parsed events handed to `on_event`. A malformed
+The only I/O of the event path: datagrams in (one event, or a batch of events one per line),
+parsed events handed to `on_event`. A malformed
 datagram (or an `on_event` that raises) is logged and counted, never allowed to stop the socket.
 """
 from __future__ import annotations
@@ -80,6 +81,12 @@ class EventReceiver:
                 pass
 
     def _datagram(self, data: bytes) -> None:
+        # a datagram carries one event or a batch of them, one JSON object per line
+        for line in data.split(b"\n"):
+            if line.strip():
+                self._line(line)
+
+    def _line(self, data: bytes) -> None:
         try:
             event = parse_event(data)
         except EventError as exc:
