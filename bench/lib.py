@@ -317,7 +317,12 @@ class Sipp:
         return SippStats.parse(self.stats_file, self.errors_file, self.proc.returncode)
 
 
-def users_file(workdir: Path, count: int = 1000) -> Path:
+TRUNKS = 1000
+"""Distinct AoRs of the REGISTER flow (SIPp injection file, used in order)."""
+WARM_RATE = 500
+
+
+def users_file(workdir: Path, count: int = TRUNKS) -> Path:
     path = workdir / "users.csv"
     if not path.exists():
         path.write_text("SEQUENTIAL\n" + "".join(f"49301{i:05d}\n" for i in range(count)))
@@ -598,21 +603,37 @@ class StepResult:
 
 
 def run_step(target: Target, flow: str, rate: float, calls: int, workdir: Path, sipp_cpus: str | None,
-             measure_idle_s: float = 0.0) -> StepResult:
-    """Fresh UAS, fresh proxy, one bounded UAC run at `rate`; everything stopped afterwards."""
+             measure_idle_s: float = 0.0, warm_up: bool = True) -> StepResult:
+    """Fresh UAS, fresh proxy, one bounded UAC run at `rate`; everything stopped afterwards.
+
+    REGISTER steps first register every trunk once, unmeasured (`warm_up`), for every target
+    alike: what is measured are refreshes, as on a host that has been running for a while."""
     uac_scn, uas_scn = FLOWS[flow]
     step_dir = workdir / f"{target.key}-{flow}-{int(rate)}-{uuid.uuid4().hex[:6]}"
     step_dir.mkdir(parents=True)
     res = StepResult(target.key, flow, rate, calls)
     timeout = calls / rate * 2 + 15
+    warm = TRUNKS if warm_up and flow == "register" else 0
     uas_port, uac_port = free_port(), free_port()
-    uas = Sipp(step_dir, "uas", uas_scn, port=uas_port, calls=calls, timeout_s=timeout + 5, cpus=sipp_cpus)
+    uas = Sipp(step_dir, "uas", uas_scn, port=uas_port, calls=calls + warm, timeout_s=timeout + warm / WARM_RATE + 20,
+               cpus=sipp_cpus)
     uac = None
     try:
         uas.start(wait_bound=True)
         target.start(step_dir, uas_port)
         entry = target.entry_port
         keys = {"route": f"sip:{IP}:{entry};lr", "domain": PROVIDER_HOST}
+        if warm:
+            # from the port the measured UAC uses: a PBX refreshes from the flow it registered from
+            warm_dir = step_dir / "warm"
+            warm_dir.mkdir()
+            warm_uac = Sipp(warm_dir, "uac", uac_scn, port=uac_port, calls=warm, timeout_s=warm / WARM_RATE + 15,
+                            cpus=sipp_cpus, target=f"{IP}:{entry}", rate=WARM_RATE, keys=keys,
+                            inf=users_file(warm_dir))
+            warm_uac.start()
+            ws = warm_uac.wait()
+            if ws.successful != warm:
+                raise RuntimeError(f"warm-up: {ws.successful} of {warm} REGISTERs succeeded")
         uac = Sipp(step_dir, "uac", uac_scn, port=uac_port, calls=calls, timeout_s=timeout, cpus=sipp_cpus,
                    target=f"{IP}:{entry}", rate=rate, keys=keys,
                    inf=users_file(step_dir) if flow == "register" else None,
