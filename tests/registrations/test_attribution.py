@@ -12,6 +12,16 @@ from trunkproxy.registrations.events import RegisterReply, RegisterRequest, Regi
 from trunkproxy.registrations.monitor import RegistrationMonitor
 
 
+class _Clock:
+    """Monotonic time the test moves on (the store is looked at once a second at most)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def _bump_mtime(path) -> None:
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
@@ -39,30 +49,37 @@ def test_username_and_registrar_host_match(tmp_path):
 def test_single_trunk_without_username_for_the_registrar(tmp_path):
     store = TrunkStore(tmp_path / "trunks.sqlite")
     store.add(Trunk("anon", "tel.example.test"))
-    lookup = trunk_store_attribution(tmp_path)
+    clock = _Clock()
+    lookup = TrunkStoreAttribution(store.path, clock=clock)
     assert lookup("sip:4930999@tel.example.test", "tel.example.test") == "anon"
     store.add(Trunk("anon2", "tel.example.test"))
     _bump_mtime(store.path)
+    clock.now += 1.0
     assert lookup("sip:4930999@tel.example.test", "tel.example.test") is None  # ambiguous
 
 
 def test_cached_until_the_file_changes(tmp_path, monkeypatch):
     store = TrunkStore(tmp_path / "trunks.sqlite")
     store.add(Trunk("telekom", "tel.example.test", username="4930111"))
-    lookup = TrunkStoreAttribution(store.path)
+    clock = _Clock()
+    lookup = TrunkStoreAttribution(store.path, clock=clock)
     assert lookup("sip:4930111@tel.example.test", "tel.example.test") == "telekom"
     reads = []
     real_list = TrunkStore.list
     monkeypatch.setattr(TrunkStore, "list", lambda self: reads.append(1) or real_list(self))
     for _ in range(50):
+        clock.now += 0.1
         assert lookup("sip:4930111@tel.example.test", "tel.example.test") == "telekom"
     assert reads == []  # unchanged file: no SQLite read per event
     store.edit("telekom", username="4930222")
     _bump_mtime(store.path)  # coarse file systems: make sure the change is visible
+    assert lookup("sip:4930111@tel.example.test", "tel.example.test") == "telekom"  # not looked at yet
+    clock.now += 1.0
     assert lookup("sip:4930111@tel.example.test", "tel.example.test") is None
     assert lookup("sip:4930222@tel.example.test", "tel.example.test") == "telekom"
     assert len(reads) == 1
     store.path.unlink()
+    clock.now += 1.0
     assert lookup("sip:4930222@tel.example.test", "tel.example.test") is None
 
 

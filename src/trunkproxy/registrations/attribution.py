@@ -2,7 +2,8 @@
 
 The monitor calls the lookup for every REGISTER event, so it must be cheap: the trunk store
 (`<state_dir>/trunks.sqlite`, written by `trunkproxy trunk add|edit|remove`) is read once into a
-dict and read again only when the file's modification time, size or inode changes. A missing or
+dict and read again only when the file's modification time, size or inode changes (looked at
+once a second at most); answers are remembered until then. A missing or
 unreadable store means "no trunk known" (the registration shows `-`), never an error.
 
 Matching: the AOR's user part and the registrar host (case-insensitive, port ignored) against
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from trunkproxy.routing.addresses import parse_hostport
@@ -21,6 +23,7 @@ from trunkproxy.routing.sipuri import parse_uri
 log = logging.getLogger("trunkproxy.registrations")
 
 TRUNKS_NAME = "trunks.sqlite"
+CHECK_INTERVAL_S = 1.0
 
 
 def _split_aor(aor: str) -> tuple[str, str]:
@@ -44,18 +47,25 @@ def _host_of(registrar: str) -> str:
 class TrunkStoreAttribution:
     """Callable `(aor, registrar) -> trunk name | None` backed by a trunk store file."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, clock=time.monotonic) -> None:
         self.path = Path(path)
+        self._clock = clock
+        self._next_check = 0.0
         self._signature: tuple[int, int, int] | None = None
         self._by_user: dict[tuple[str, str], str] = {}
         self._userless: dict[str, list[str]] = {}
+        self._answers: dict[tuple[str, str], str | None] = {}
 
     def _reload_if_changed(self) -> None:
+        now = self._clock()
+        if now < self._next_check:
+            return
+        self._next_check = now + CHECK_INTERVAL_S
         try:
             st = os.stat(self.path)
         except OSError:
             self._signature = None
-            self._by_user, self._userless = {}, {}
+            self._by_user, self._userless, self._answers = {}, {}, {}
             return
         signature = (st.st_mtime_ns, st.st_size, st.st_ino)
         if signature == self._signature:
@@ -79,9 +89,21 @@ class TrunkStoreAttribution:
             else:
                 userless.setdefault(host, []).append(trunk.name)
         self._by_user, self._userless, self._signature = by_user, userless, signature
+        self._answers = {}
 
     def __call__(self, aor: str, registrar: str) -> str | None:
         self._reload_if_changed()
+        key = (aor, registrar)
+        try:
+            return self._answers[key]
+        except KeyError:
+            pass
+        if len(self._answers) > 100_000:
+            self._answers = {}
+        name = self._answers[key] = self._lookup(aor, registrar)
+        return name
+
+    def _lookup(self, aor: str, registrar: str) -> str | None:
         user, aor_host = _split_aor(aor)
         host = _host_of(registrar) if registrar else aor_host
         name = self._by_user.get((user, host))

@@ -73,6 +73,8 @@ RegisterEvent = RegisterRequest | RegisterReply
 
 def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
     value = data.get(name)
+    if type(value) is kind and (value or kind is not str or optional):
+        return value  # the common case, decided without the checks below
     if value is None:
         if optional:
             return None

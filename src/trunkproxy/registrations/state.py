@@ -194,9 +194,11 @@ def _is_stale(reply: RegisterReply, current: Registration | None) -> bool:
     return current.reply_cseq is not None and reply.cseq <= current.reply_cseq
 
 
-def _after_request(reg: Registration, req: RegisterRequest, now: float) -> Registration:
-    return dataclasses.replace(
-        reg, requested_expires=req.expires, pending_since=now, pending_removal=req.expires == 0,
+# The _after_* helpers return the changed fields, not a new Registration: `_commit` builds the
+# new one in a single `dataclasses.replace` (the monitor runs this for every REGISTER event).
+def _after_request(reg: Registration, req: RegisterRequest, now: float) -> dict[str, Any]:
+    return dict(
+        requested_expires=req.expires, pending_since=now, pending_removal=req.expires == 0,
         call_id=req.call_id, cseq=req.cseq, reply_cseq=_earlier_reply(reg, req),
     )
 
@@ -208,7 +210,7 @@ def _earlier_reply(reg: Registration, req: RegisterRequest) -> int | None:
     return None
 
 
-def _after_reply(reg: Registration, reply: RegisterReply, what: Input, now: float) -> Registration:
+def _after_reply(reg: Registration, reply: RegisterReply, what: Input, now: float) -> dict[str, Any]:
     changes: dict[str, Any] = dict(
         last_code=reply.code, last_reason=_reply_reason(reply), pending_since=None,
         challenge_pending=what is Input.CHALLENGE, call_id=reply.call_id, reply_cseq=reply.cseq,
@@ -226,14 +228,13 @@ def _after_reply(reg: Registration, reply: RegisterReply, what: Input, now: floa
         changes["consecutive_failures"] = reg.consecutive_failures + 1
         if what is Input.TOO_BRIEF:
             changes["min_expires"] = reply.min_expires
-    return dataclasses.replace(reg, **changes)
+    return changes
 
 
-def _timed_out(reg: Registration) -> Registration:
+def _timed_out(reg: Registration) -> dict[str, Any]:
     # The late local 408 for this REGISTER, if it still comes, is then a duplicate and ignored.
-    return dataclasses.replace(reg, last_code=408, last_reason="timeout", pending_since=None,
-                               challenge_pending=False, reply_cseq=reg.cseq,
-                               consecutive_failures=reg.consecutive_failures + 1)
+    return dict(last_code=408, last_reason="timeout", pending_since=None, challenge_pending=False,
+                reply_cseq=reg.cseq, consecutive_failures=reg.consecutive_failures + 1)
 
 
 class RegistrationBook:
@@ -275,10 +276,10 @@ class RegistrationBook:
             return None
         reg = current or Registration(key=event.key, state=new, state_since=now)
         if isinstance(event, RegisterRequest):
-            reg = _after_request(reg, event, now)
+            changes = _after_request(reg, event, now)
         else:
-            reg = _after_reply(reg, event, what, now)
-        return self._commit(reg, old, new, what, now, trunk)
+            changes = _after_reply(reg, event, what, now)
+        return self._commit(reg, changes, old, new, what, now, trunk)
 
     def tick(self, now: float) -> list[Update]:
         """Time passes: bindings expire, unanswered REGISTERs time out, old de-registrations go."""
@@ -287,12 +288,11 @@ class RegistrationBook:
             if reg.pending_since is not None and now >= reg.pending_since + self.reply_timeout:
                 new = TRANSITIONS[reg.state][Input.TIMEOUT]
                 assert new is not None
-                updates.append(self._commit(_timed_out(reg), reg.state, new, Input.TIMEOUT, now, None))
+                updates.append(self._commit(reg, _timed_out(reg), reg.state, new, Input.TIMEOUT, now, None))
             elif reg.expires_at is not None and now >= reg.expires_at:
                 new = TRANSITIONS[reg.state][Input.EXPIRY]
                 assert new is not None
-                gone = dataclasses.replace(reg, expires_at=None)
-                updates.append(self._commit(gone, reg.state, new, Input.EXPIRY, now, None))
+                updates.append(self._commit(reg, {"expires_at": None}, reg.state, new, Input.EXPIRY, now, None))
             elif reg.state is State.UNREGISTERED and now >= reg.updated_at + self.forget_after:
                 del self._regs[reg.key]
                 updates.append(Update(key=reg.key, registration=None))
@@ -313,13 +313,15 @@ class RegistrationBook:
             deadlines.append(reg.updated_at + self.forget_after)
         return min(deadlines, default=None)
 
-    def _commit(self, reg: Registration, old: State | None, new: State, what: Input,
+    def _commit(self, reg: Registration, changes: dict[str, Any], old: State | None, new: State, what: Input,
                 now: float, trunk: str | None) -> Update:
         changed = old is not new
-        reg = dataclasses.replace(
-            reg, state=new, trunk=trunk if trunk is not None else reg.trunk, updated_at=now,
-            state_since=now if changed else reg.state_since,
-        )
+        changes["state"], changes["updated_at"] = new, now
+        if trunk is not None:
+            changes["trunk"] = trunk
+        if changed:
+            changes["state_since"] = now
+        reg = dataclasses.replace(reg, **changes)
         self._regs[reg.key] = reg
         change = None
         if changed:
