@@ -191,10 +191,22 @@ class Supervisor:
         out: dict[str, list[str]] = {}
         for resolved in self.endpoints:
             try:
-                out[resolved.name] = await rpc_call(resolved.rpc_socket, "stats.get_statistics", "all")
+                stats = await rpc_call(resolved.rpc_socket, "stats.get_statistics", "all")
+                tables = await rpc_call(resolved.rpc_socket, "htable.stats")
             except RpcError as exc:
                 log.debug("stats of %s unavailable: %s", resolved.name, exc)
+                continue
+            out[resolved.name] = list(stats or []) + dialog_statistics(tables)
         return out
+
+
+def dialog_statistics(tables: object) -> list[str]:
+    """The endpoint's active dialogs (items of its tp_dlg htable: confirmed by the ACK to a
+    2xx, removed by the BYE) as a statistics line, from RPC `htable.stats`."""
+    for table in tables if isinstance(tables, list) else []:
+        if isinstance(table, dict) and table.get("name") == "tp_dlg" and isinstance(table.get("all"), int):
+            return [f"trunkproxy:active_dialogs = {table['all']}"]
+    return []
 
 
 class ControlPlane:

@@ -37,3 +37,15 @@ def test_missing_groups_and_junk_lines():
     assert c.active_dialogs is None and c.active_transactions is None  # no dialog/tmx module loaded
     assert c.rejected == 0 and c.replies_local_by_class == {"2xx": 2}
     assert parse_statistics(None) == {} and parse_statistics({"core.x": "n/a"}) == {}
+
+
+def test_active_dialogs_come_from_the_endpoints_dialog_table():
+    from trunkproxy.supervisor import dialog_statistics
+
+    tables = [{"name": "tp_known", "slots": 256, "all": 4, "min": 0, "max": 1},
+              {"name": "tp_dlg", "slots": 16384, "all": 7, "min": 0, "max": 1}]
+    lines = dialog_statistics(tables)
+    assert lines == ["trunkproxy:active_dialogs = 7"]
+    c = sip_counters(parse_statistics(["tmx:active_transactions = 2", *lines]))
+    assert c.active_dialogs == 7 and c.active_transactions == 2
+    assert dialog_statistics(None) == [] and dialog_statistics([{"name": "tp_dlg", "all": "x"}]) == []

@@ -13,7 +13,9 @@ Pure. We take Kamailio's counters rather than counting twice. Two result shapes 
 - rejected: stateless error replies sent (`sl:` buckets of class 3xx-6xx);
 - dropped malformed: `core:bad_msg_hdr` + `core:bad_URIs_rcvd`; dropped by the script:
   `core:drop_requests` + `core:drop_replies`;
-- transactions: `tmx:active_transactions`; dialogs: `dialog:active_dialogs` (absent without dialog).
+- transactions: `tmx:active_transactions`; dialogs: `trunkproxy:active_dialogs`, the items of the
+  endpoint's `tp_dlg` htable (a Call-ID is added when the ACK to a 2xx passes, removed when the BYE
+  does; see docs/routing.md), else `dialog:active_dialogs` where the dialog module is loaded.
 """
 from __future__ import annotations
 
@@ -81,5 +83,5 @@ def sip_counters(stats: dict[str, int]) -> SipCounters:
     counters.dropped_malformed = get("core:bad_msg_hdr", 0) + get("core:bad_URIs_rcvd", 0)
     counters.dropped_by_script = get("core:drop_requests", 0) + get("core:drop_replies", 0)
     counters.active_transactions = get("tmx:active_transactions")
-    counters.active_dialogs = get("dialog:active_dialogs")
+    counters.active_dialogs = get("trunkproxy:active_dialogs", get("dialog:active_dialogs"))
     return counters

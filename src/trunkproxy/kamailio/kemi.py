@@ -18,6 +18,7 @@ import KSR  # type: ignore[import-not-found]  # provided by app_python3
 from trunkproxy.routing import decide
 from trunkproxy.routing.registration_events import aor_of, granted_expires, requested_expires
 from trunkproxy.routing.settings import EndpointSettings, settings_from_json
+from trunkproxy.routing.sipuri import parse_name_addr
 from trunkproxy.routing.tokens import Flow, flow_of_text
 
 _RELOAD_CHECK_S = 1.0
@@ -71,7 +72,10 @@ class Router:
         self.settings: EndpointSettings = self._load()
         self._events: _socket.socket | None = None
         self._decisions: dict[tuple, decide.Decision] = {}
-        self._published_gen: str | None = None  # the generation the native caches are keyed on
+        # the settings the native decision cache holds decisions for; all processes fork
+        # from this one, with these settings
+        self._published_mtime = self._mtime
+        self._second_reset_at: float | None = None
         self._stores = {"tp_dec": 0, "tp_rep": 0}
 
     # -- settings ---------------------------------------------------------------------
@@ -81,11 +85,6 @@ class Router:
         self._mtime = os.stat(self._path).st_mtime_ns
         self._decisions = {}
         return settings_from_json(text)
-
-    @property
-    def generation(self) -> str:
-        """Names the settings this process decides with (the native cache keys start with it)."""
-        return str(self._mtime)
 
     def _current(self) -> EndpointSettings:
         now = time.monotonic()
@@ -139,23 +138,20 @@ class Router:
                 self._memoise(KSR.pv.get("$var(dk)") or "", decision)
             if register:
                 registrar = KSR.pv.get("$rd")
-                to_uri = KSR.pv.get("$tu") or ""
+                to_header = KSR.pv.get("$hdr(To)") or ""
+                to_uri = _uri_of(to_header)
                 # what the reply route needs, kept in the transaction; the native route sets
                 # the same for the REGISTERs it replays
-                KSR.pv.sets("$avp(tp_rid)", f"{source}|{registrar}|{decision.send_socket}|{to_uri}")
+                KSR.pv.sets("$avp(tp_rid)", f"{source}|{registrar}|{decision.send_socket}|{to_header}")
                 self._emit(settings, _register_event("register_request", registrar, source, to_uri, expires=expires))
         _apply(decision)
         return 1
 
     def _memoise(self, native_key: str, decision: decide.Relay) -> None:
-        """Store the decision for route INITIAL_FROM_PBX to replay; only under the settings
-        generation it was made with, and only when no field holds the separator."""
-        gen = native_key.partition("|")[0]
-        if gen != self.generation:
-            self._next_check = 0.0
-            self._current()
-            if gen != self.generation:
-                return  # the tick has not published these settings yet
+        """Store the decision for route INITIAL_FROM_PBX to replay, unless a field holds the
+        separator."""
+        if not native_key:
+            return
         fields = (decision.send_socket, decision.dst_uri or "", decision.contact or "", decision.path or "",
                   decision.record_route or "", " ".join(decision.alternates))
         if decision.ruri is not None or decision.record_route == "" or any("|" in f for f in fields):
@@ -291,11 +287,17 @@ class Router:
         """rtimer, in its own process: publish changed settings, send the queued events."""
         try:
             settings = self._current()
-            if self._published_gen != self.generation:
-                # new settings: memoised decisions are void (the keys carry the generation)
-                KSR.htable.sht_sets("tp_gen", "g", self.generation)
+            now = time.monotonic()
+            if self._published_mtime != self._mtime:
+                # new settings: memoised decisions are void. A worker may still decide with
+                # the old ones until its own check (1 s at most) and store that: empty the
+                # table once more after that window.
                 KSR.htable.sht_reset("tp_dec")
-                self._published_gen = self.generation
+                self._published_mtime = self._mtime
+                self._second_reset_at = now + 2 * _RELOAD_CHECK_S
+            elif self._second_reset_at is not None and now >= self._second_reset_at:
+                KSR.htable.sht_reset("tp_dec")
+                self._second_reset_at = None
             lines = _queued_events()
             if lines and settings.events_socket:
                 self._send(settings.events_socket, lines)
@@ -436,7 +438,13 @@ def _registration_of_transaction() -> tuple[Flow, str, str, str]:
     socket, _s, to_uri = rest.partition("|")
     flow = flow_of_text(flow_text) or Flow(
         KSR.pv.get("$T_req($pr)") or "udp", KSR.pv.get("$T_req($si)"), int(KSR.pv.get("$T_req($sp)")))
-    return flow, registrar or KSR.pv.get("$T_req($rd)"), socket, to_uri or KSR.pv.get("$tu") or ""
+    return flow, registrar or KSR.pv.get("$T_req($rd)"), socket, _uri_of(to_uri) or KSR.pv.get("$tu") or ""
+
+
+def _uri_of(header_value: str) -> str:
+    """The URI of a To header value as received (`"Name" <sip:...>;tag=x`)."""
+    addr = parse_name_addr(header_value) if header_value else None
+    return addr.uri if addr else ""
 
 
 def _replace_header(name: str, value: str) -> None:
