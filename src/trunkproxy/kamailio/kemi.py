@@ -27,8 +27,9 @@ _DECISION_CACHE_SIZE = 4096
 # route refreshes an entry's lifetime on every use, so a flood of distinct requests could
 # grow them without end: a worker clears a table after storing this many entries into it.
 _NATIVE_CACHE_STORES = 10000
+# Queued values: a complete JSON event ("{...}"), or the memoised fields of a REGISTER reply
+# (a JSON object's inside) + "|CSeq time Call-ID" of the reply they were seen again in.
 _EVENT_QUEUE = "tp_ev"
-_FULL_EVENT = "="  # queue key of an event queued as complete JSON (else: cached fields)
 _TICK_MAX_EVENTS = 20000
 _DATAGRAM_BYTES = 60000
 
@@ -152,9 +153,11 @@ class Router:
         separator."""
         if not native_key:
             return
-        fields = (decision.send_socket, decision.dst_uri or "", decision.contact or "", decision.path or "",
-                  decision.record_route or "", " ".join(decision.alternates))
-        if decision.ruri is not None or decision.record_route == "" or any("|" in f for f in fields):
+        if decision.ruri is not None or decision.record_route == "" or (decision.alternates and not decision.dst_uri):
+            return
+        fields = (decision.send_socket, decision.contact or "", decision.path or decision.record_route or "",
+                  decision.dst_uri or "", " ".join(decision.alternates))
+        if any("|" in f for f in fields):
             return
         self._store("tp_dec", native_key, "|".join(fields))
 
@@ -275,13 +278,13 @@ class Router:
             return
         event["endpoint"] = settings.name
         event["ts"] = time.time()
-        KSR.mqueue.mq_add(_EVENT_QUEUE, _FULL_EVENT, json.dumps(event))
+        KSR.mqueue.mq_add(_EVENT_QUEUE, "e", json.dumps(event))
 
     def _emit_fields(self, fields: dict) -> None:
         """An event from `_registration_fields`, completed with the message's Call-ID etc."""
         if not self.settings.events_socket:
             return
-        KSR.mqueue.mq_add(_EVENT_QUEUE, json.dumps(fields)[1:-1], f"{KSR.pv.get('$cs')} {time.time()} {KSR.pv.get('$ci')}")
+        KSR.mqueue.mq_add(_EVENT_QUEUE, "r", f"{json.dumps(fields)[1:-1]}|{KSR.pv.get('$cs')} {time.time()} {KSR.pv.get('$ci')}")
 
     def tick(self, msg) -> int:
         """rtimer, in its own process: publish changed settings, send the queued events."""
@@ -316,18 +319,19 @@ class Router:
 
 
 def _queued_events() -> list[str]:
-    fetch, key_of, value_of = KSR.mqueue.mq_fetch, KSR.mqueue.mqk_get, KSR.mqueue.mqv_get
+    fetch, value_of = KSR.mqueue.mq_fetch, KSR.mqueue.mqv_get
     lines: list[str] = []
     while len(lines) < _TICK_MAX_EVENTS and fetch(_EVENT_QUEUE) > 0:
-        key, value = key_of(_EVENT_QUEUE), value_of(_EVENT_QUEUE)
-        if key == _FULL_EVENT:
+        value = value_of(_EVENT_QUEUE)
+        if value.startswith("{"):
             lines.append(value)
             continue
-        # fields memoised by register_reply + "CSeq time Call-ID" of this reply
-        cseq, _sp, rest = value.partition(" ")
+        fields, _sep, seen = value.partition("|")  # the memoised fields hold no "|"
+        cseq, _sp, rest = seen.partition(" ")
         ts, _sp, call_id = rest.partition(" ")
         if cseq.isdigit():
-            lines.append(f'{{{key},"cseq":{cseq},"ts":{ts or 0},"call_id":{json.dumps(call_id)}}}')
+            call_id = f'"{call_id}"' if '"' not in call_id and "\\" not in call_id else json.dumps(call_id)
+            lines.append(f'{{{fields},"cseq":{cseq},"ts":{ts or 0},"call_id":{call_id}}}')
     return lines
 
 

@@ -43,8 +43,9 @@ class ResolvedEndpoint:
         return self.run_dir / "rpc.sock"
 
 
-NATIVE_CACHE_TTL_S = 7200
-"""An unused memoised decision or REGISTER reply is forgotten after this long (each use renews it)."""
+NATIVE_CACHE_TTL_S = 86400
+"""A memoised decision or REGISTER reply is forgotten this long after Python stored it (then
+Python decides once more): a use does not renew it, which would cost every replay a write."""
 DIALOG_TIMEOUT_S = 43200
 """A dialog with no BYE seen is no longer counted as active after this long (Kamailio's
 dialog module's default_timeout): a lost BYE must not inflate the gauge for ever."""
