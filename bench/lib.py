@@ -317,6 +317,8 @@ class Sipp:
         return SippStats.parse(self.stats_file, self.errors_file, self.proc.returncode)
 
 
+TM_WAIT_S = 6.0
+"""tm's wait timer (5 s) and a margin: a transaction's shared memory is freed after it."""
 TRUNKS = 1000
 """Distinct AoRs of the REGISTER flow (SIPp injection file, used in order)."""
 WARM_RATE = 500
@@ -590,6 +592,7 @@ class StepResult:
     idle_cpu_s: float | None = None  # Kamailio, measured idle for the same duration before
     sipp_cpu_s: float | None = None  # UAC + UAS
     shm_idle: int | None = None  # Kamailio shared memory in use before the run (bytes)
+    shm_warm: list | None = None  # before / after the REGISTER warm-up, once its transactions are gone
     shm_peak: int | None = None  # highest sample during the run
     other_rss_kb: list | None = None  # control plane RSS before / after the run
     shm_alloc_errors: int = 0  # "could not allocate shared memory" in the proxy's log
@@ -624,6 +627,7 @@ def run_step(target: Target, flow: str, rate: float, calls: int, workdir: Path, 
         entry = target.entry_port
         keys = {"route": f"sip:{IP}:{entry};lr", "domain": PROVIDER_HOST}
         if warm:
+            shm_before_warm = shm_used(target.rpc_socket())
             # from the port the measured UAC uses: a PBX refreshes from the flow it registered from
             warm_dir = step_dir / "warm"
             warm_dir.mkdir()
@@ -634,6 +638,9 @@ def run_step(target: Target, flow: str, rate: float, calls: int, workdir: Path, 
             ws = warm_uac.wait()
             if ws.successful != warm:
                 raise RuntimeError(f"warm-up: {ws.successful} of {warm} REGISTERs succeeded")
+            if shm_before_warm is not None and measure_idle_s:
+                time.sleep(TM_WAIT_S)  # tm frees the warm-up's transactions: what stays is per registration
+                res.shm_warm = [shm_before_warm, shm_used(target.rpc_socket())]
         uac = Sipp(step_dir, "uac", uac_scn, port=uac_port, calls=calls, timeout_s=timeout, cpus=sipp_cpus,
                    target=f"{IP}:{entry}", rate=rate, keys=keys,
                    inf=users_file(step_dir) if flow == "register" else None,

@@ -145,6 +145,13 @@ def summarise(runs: list[dict], flows: list[str]) -> dict:
                 # its wait timer (5 s) after the final reply; neither proxy keeps dialog state
                 summary.setdefault("shm_kb_per_op_per_s", {}).setdefault(flow, {})[key] = round(
                     statistics.median(shm) / 1024, 1)
+            per_reg = [(e["shm_warm"][1] - e["shm_warm"][0]) / lib.TRUNKS for r in runs
+                       for e in r.get("cpu", {}).get(flow, {}).get(key, []) if e.get("shm_warm")]
+            if per_reg:
+                # what the proxy keeps in shared memory per registration once its REGISTER
+                # transactions are gone (trunkproxy: the decision and reply caches)
+                summary.setdefault("shm_bytes_per_registration", {}).setdefault(flow, {})[key] = round(
+                    statistics.median(per_reg))
             rss = [(e["other_rss_kb"][1] - e["other_rss_kb"][0]) for r in runs
                    for e in r.get("cpu", {}).get(flow, {}).get(key, []) if e.get("other_rss_kb")]
             if rss:
@@ -200,6 +207,10 @@ def table(summary: dict, flows: list[str]) -> str:
         if shm:
             lines.append("  shared memory held per op/s sustained (KB): "
                          + ", ".join(f"{k} {v:g}" for k, v in shm.items()))
+        per_reg = summary.get("shm_bytes_per_registration", {}).get(flow, {})
+        if per_reg:
+            lines.append("  shared memory kept per registration (bytes): "
+                         + ", ".join(f"{k} {v:g}" for k, v in per_reg.items()))
         rss = summary.get("control_plane_rss_growth_kb", {}).get(flow, {})
         if rss:
             lines.append("  trunkproxy control plane RSS growth during a fixed-rate run (KB): "

@@ -149,3 +149,29 @@ def test_changed_settings_void_memoised_decisions(make_provider, make_endpoint, 
     wait_until(lambda: "reload done" in run.log(), timeout=10, message="reload logged")
     # the identical REGISTER from the identical flow now follows the new settings
     wait_until(lambda: registers_over("tcp"), timeout=10, interval=0.5, message="REGISTER over TCP after reload")
+
+
+def test_inbound_calls_to_a_registered_pbx_are_replayed(make_provider, make_endpoint, sipp):
+    provider = make_provider()
+    run = make_endpoint(providers=[ProviderPin(REGISTRAR, [provider.hostport])])
+    port = free_port()
+    _register(sipp, run, port).assert_ok()
+    pbx = sipp.background("pbx_uas", vars={"user": "4930111"}, local_port=port, calls=3)
+    caller = sipp.run("provider_uac", provider.hostport, vars={"to_user": "4930111"}, calls=3)
+    caller.assert_ok(calls=3)
+    answered = pbx.wait(10)
+    assert answered.successful == 3
+    invites = [line.split()[1] for line in answered.messages.splitlines() if line.startswith("INVITE ")]
+    # every call, replayed or not, reaches the PBX with its own Contact as Request-URI
+    assert len(invites) == 3 and all(uri.startswith("sip:4930111@192.0.2.99") for uri in invites)
+    assert answered.messages.count("BYE sip:") == 3
+    # the caller sees the endpoint, never the PBX, in every 200's Contact
+    oks = _received_by_pbx(caller.messages, 200)
+    contacts = {ok.header("Contact") for ok in oks if "INVITE" in (ok.header("CSeq") or "")}
+    assert len(contacts) == 1
+    (contact,) = contacts
+    assert f"127.0.0.1:{run.external_port}" in contact and "tpt=" in contact and "192.0.2.99" not in contact
+    names = [e["name"] for e in _entries(run, "tp_dec")]
+    assert len([n for n in names if n.startswith("I|INVITE|")]) == 1  # decided once, replayed twice
+    assert [n for n in names if n.startswith("Y|")]  # the PBX's 180/200 Contact, rewritten once
+    assert [n for n in names if n.startswith("D|BYE|")]  # in-dialog requests from outside

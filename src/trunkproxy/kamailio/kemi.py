@@ -161,7 +161,21 @@ class Router:
             return
         self._store("tp_dec", native_key, "|".join(fields))
 
+    def _memoise_from_provider(self, decision: decide.Decision, remaining_route: str | None) -> None:
+        """Store a decision on a request from outside for route FROM_PROVIDER_CACHED."""
+        if not isinstance(decision, decide.Relay) or decision.ruri is None or decision.dst_uri is None:
+            return
+        flags = ("R" if decision.record_route == "" else "") + ("O" if decision.on_reply == "reply_from_pbx" else "")
+        if decision.record_route or decision.on_failure or decision.alternates or decision.contact or decision.path:
+            return  # not something route FROM_PROVIDER_CACHED replays
+        fields = (decision.send_socket, decision.dst_uri, decision.ruri,
+                  "=" if remaining_route is None else remaining_route, flags)
+        if not any("|" in f for f in fields):
+            self._store("tp_dec", KSR.pv.get("$var(dk)") or "", "|".join(fields))
+
     def _store(self, table: str, key: str, value: str) -> None:
+        if not key:
+            return
         self._stores[table] += 1
         if self._stores[table] > _NATIVE_CACHE_STORES:
             self._stores[table] = 0
@@ -174,17 +188,19 @@ class Router:
         source = KSR.pv.get("$si")
         known = source in settings.pinned_ips or KSR.htable.sht_get("tp_known", source) is not None
         ruri_is_local = KSR.is_myself_ruri() > 0
-        ruri, top_route = _provider_route_facts(settings)  # drops our own Path entry
+        ruri, top_route, remaining = _provider_route_facts(settings)  # drops our own Path entry
         decision = decide.route_from_provider(settings, KSR.pv.get("$rm"), ruri, top_route, ruri_is_local, known)
+        self._memoise_from_provider(decision, remaining)
         _apply(decision)
         return 1
 
     @_request_entry
     def in_dialog_from_provider(self, msg) -> int:
         settings = self._current()
-        ruri, top_route = _provider_route_facts(settings)  # drops our own Record-Route entries
+        ruri, top_route, remaining = _provider_route_facts(settings)  # drops our own Record-Route entries
         method = KSR.pv.get("$rm")
         decision = decide.route_in_dialog_from_provider(settings, method, ruri, top_route)
+        self._memoise_from_provider(decision, remaining)
         if isinstance(decision, decide.Relay):
             # active dialogs (tp_dlg): confirmed by the ACK to a 2xx, ended by a BYE, as for PBXs
             if method == "ACK":
@@ -206,7 +222,9 @@ class Router:
             return 1
         # the flow the request was delivered to: where the PBX surely listens
         flow = decide.flow_of_hop(KSR.pv.get("$T_req($du)") or "") or _source()
-        _hide_contact(settings, contact, flow, socket)
+        new_value = _hide_contact(settings, contact, flow, socket)
+        if new_value is not None:
+            self._store("tp_dec", KSR.pv.get("$var(dk)") or "", new_value)  # for route reply_from_pbx
         return 1
 
     @_reply_entry
@@ -393,9 +411,9 @@ def _header(name: str) -> str | None:
     return KSR.pv.get(spec)
 
 
-def _provider_route_facts(settings: EndpointSettings) -> tuple[str, str | None]:
-    """(Request-URI, Route as received) of a request from outside, after removing the Route
-    entries naming this endpoint. Not loose_route(): our Contact in the Request-URI makes it
+def _provider_route_facts(settings: EndpointSettings) -> tuple[str, str | None, str | None]:
+    """(Request-URI, Route as received, Route left: None if untouched) of a request from
+    outside, after removing the Route entries naming this endpoint. Not loose_route(): our Contact in the Request-URI makes it
     take the strict-router path, which rewrites the Request-URI and leaves an empty Route
     header behind when both of our entries share one header line."""
     route = _header("Route")
@@ -404,13 +422,14 @@ def _provider_route_facts(settings: EndpointSettings) -> tuple[str, str | None]:
         KSR.hdr.remove("Route")
         if remaining:
             KSR.hdr.insert(f"Route: {remaining}\r\n")
-    return KSR.pv.get("$ru"), route
+    return KSR.pv.get("$ru"), route, remaining
 
 
-def _hide_contact(settings: EndpointSettings, contact: str, flow: Flow, socket) -> None:
+def _hide_contact(settings: EndpointSettings, contact: str, flow: Flow, socket) -> str | None:
     new_value = decide.rewrite_contacts(settings.secret, contact, flow, socket)
     if new_value is not None:
         _replace_header("Contact", new_value)
+    return new_value
 
 
 def _register_event(kind: str, registrar: str, flow: Flow, to_uri: str, **fields) -> dict:
