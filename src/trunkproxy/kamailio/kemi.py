@@ -16,6 +16,7 @@ import traceback
 import KSR  # type: ignore[import-not-found]  # provided by app_python3
 
 from trunkproxy.routing import decide
+from trunkproxy.routing.event_queue import datagrams, event_line, replayed_reply_value
 from trunkproxy.routing.registration_events import aor_of, granted_expires, requested_expires
 from trunkproxy.routing.settings import EndpointSettings, settings_from_json
 from trunkproxy.routing.sipuri import parse_name_addr
@@ -27,9 +28,7 @@ _DECISION_CACHE_SIZE = 4096
 # route refreshes an entry's lifetime on every use, so a flood of distinct requests could
 # grow them without end: a worker clears a table after storing this many entries into it.
 _NATIVE_CACHE_STORES = 10000
-# Queued values: a complete JSON event ("{...}"), or the memoised fields of a REGISTER reply
-# (a JSON object's inside) + "|CSeq time Call-ID" of the reply they were seen again in.
-_EVENT_QUEUE = "tp_ev"
+_EVENT_QUEUE = "tp_ev"  # what is queued: trunkproxy.routing.event_queue
 _TICK_MAX_EVENTS = 20000
 _DATAGRAM_BYTES = 60000
 
@@ -302,7 +301,8 @@ class Router:
         """An event from `_registration_fields`, completed with the message's Call-ID etc."""
         if not self.settings.events_socket:
             return
-        KSR.mqueue.mq_add(_EVENT_QUEUE, "r", f"{json.dumps(fields)[1:-1]}|{KSR.pv.get('$cs')} {time.time()} {KSR.pv.get('$ci')}")
+        KSR.mqueue.mq_add(_EVENT_QUEUE, "r", replayed_reply_value(
+            json.dumps(fields)[1:-1], KSR.pv.get("$cs"), time.time(), KSR.pv.get("$ci")))
 
     def tick(self, msg) -> int:
         """rtimer, in its own process: publish changed settings, send the queued events."""
@@ -330,7 +330,7 @@ class Router:
         try:
             if self._events is None:
                 self._events = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-            for batch in _batches(lines, _DATAGRAM_BYTES):
+            for batch in datagrams(lines, _DATAGRAM_BYTES):
                 self._events.sendto(batch, path)
         except OSError:
             pass  # the control plane is restarting; refreshes report again
@@ -340,31 +340,10 @@ def _queued_events() -> list[str]:
     fetch, value_of = KSR.mqueue.mq_fetch, KSR.mqueue.mqv_get
     lines: list[str] = []
     while len(lines) < _TICK_MAX_EVENTS and fetch(_EVENT_QUEUE) > 0:
-        value = value_of(_EVENT_QUEUE)
-        if value.startswith("{"):
-            lines.append(value)
-            continue
-        fields, _sep, seen = value.partition("|")  # the memoised fields hold no "|"
-        cseq, _sp, rest = seen.partition(" ")
-        ts, _sp, call_id = rest.partition(" ")
-        if cseq.isdigit():
-            call_id = f'"{call_id}"' if '"' not in call_id and "\\" not in call_id else json.dumps(call_id)
-            lines.append(f'{{{fields},"cseq":{cseq},"ts":{ts or 0},"call_id":{call_id}}}')
+        line = event_line(value_of(_EVENT_QUEUE))
+        if line is not None:
+            lines.append(line)
     return lines
-
-
-def _batches(lines: list[str], limit: int):
-    batch: list[bytes] = []
-    size = 0
-    for line in lines:
-        data = line.encode()
-        if batch and size + len(data) + 1 > limit:
-            yield b"\n".join(batch)
-            batch, size = [], 0
-        batch.append(data)
-        size += len(data) + 1
-    if batch:
-        yield b"\n".join(batch)
 
 
 def _fail_over(route_name: str) -> int:

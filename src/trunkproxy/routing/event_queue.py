@@ -1,0 +1,51 @@
+"""The endpoint's REGISTER event queue (Kamailio mqueue `tp_ev`) and its datagrams. Pure.
+
+What is queued, by Python or by the native REGISTER reply route (endpoint.cfg):
+- a complete JSON event: `{"event": "register_request", ...}`;
+- a memoised reply seen again: the memoised fields (the inside of a JSON object, holding no
+  "|") + `|CSeq time Call-ID` of the reply at hand.
+
+The timer process turns queued values into JSON lines and sends them in datagrams of at most
+`limit` bytes, one event per line (docs/registrations.md).
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable, Iterator
+
+
+def replayed_reply_value(fields_json: str, cseq: int | str, ts: float | str, call_id: str) -> str:
+    """What the native route queues for a memoised reply (Python builds the same for tests)."""
+    return f"{fields_json}|{cseq} {ts} {call_id}"
+
+
+def event_line(value: str) -> str | None:
+    """The JSON line for one queued value; None when it cannot be one (dropped)."""
+    if value.startswith("{"):
+        return value
+    fields, _sep, seen = value.partition("|")
+    cseq, _sp, rest = seen.partition(" ")
+    ts, _sp, call_id = rest.partition(" ")
+    if not (fields and cseq.isdigit() and _is_number(ts) and call_id):
+        return None
+    return f'{{{fields},"cseq":{cseq},"ts":{ts},"call_id":{json.dumps(call_id)}}}'
+
+
+def _is_number(text: str) -> bool:
+    head, _dot, tail = text.partition(".")
+    return head.isdigit() and (not tail or tail.isdigit())
+
+
+def datagrams(lines: Iterable[str], limit: int) -> Iterator[bytes]:
+    """Lines joined by newlines into datagrams of at most `limit` bytes (a longer line alone)."""
+    batch: list[bytes] = []
+    size = 0
+    for line in lines:
+        data = line.encode()
+        if batch and size + len(data) + 1 > limit:
+            yield b"\n".join(batch)
+            batch, size = [], 0
+        batch.append(data)
+        size += len(data) + 1
+    if batch:
+        yield b"\n".join(batch)

@@ -1,0 +1,44 @@
+"""The REGISTER event queue's values -> JSON lines -> datagrams the control plane parses."""
+from __future__ import annotations
+
+import json
+
+from trunkproxy.registrations.events import RegisterReply, parse_event
+from trunkproxy.routing.event_queue import datagrams, event_line, replayed_reply_value
+
+FIELDS = json.dumps({"event": "register_reply", "endpoint": "iflo", "aor": "sip:4930111@tel.example.test",
+                     "registrar": "tel.example.test", "flow": "udp:127.0.0.1:5062", "provider": "udp:127.0.0.1:5070",
+                     "socket": "udp:127.0.0.1:5080", "code": 200, "reason": "OK", "expires": 600,
+                     "min_expires": None})[1:-1]
+
+
+def test_a_replayed_reply_becomes_the_event_the_monitor_reads():
+    line = event_line(replayed_reply_value(FIELDS, "7", "1764300000.25", 'odd"call\\id@pbx'))
+    event = parse_event(line.encode())
+    assert isinstance(event, RegisterReply)
+    assert (event.code, event.expires, event.cseq, event.ts) == (200, 600, 7, 1764300000.25)
+    assert event.call_id == 'odd"call\\id@pbx'  # escaped, not trusted to be JSON-safe
+    assert event.key.flow == "udp:127.0.0.1:5062" and event.socket == "udp:127.0.0.1:5080"
+
+
+def test_the_native_routes_format_matches():
+    # endpoint.cfg queues "$(var(r){s.select,0,|})|$cs $TV(Sn) $ci"
+    line = event_line(f"{FIELDS}|2 1764300000.123456 a84b4c76e66710@10.0.0.1")
+    assert parse_event(line.encode()).cseq == 2
+
+
+def test_complete_events_pass_and_broken_values_are_dropped():
+    full = '{"event":"register_request"}'
+    assert event_line(full) == full
+    for broken in ("", "no separator", f"{FIELDS}|x 1.0 cid", f"{FIELDS}|1 notatime cid", f"{FIELDS}|1 1.0 ",
+                   "|1 1.0 cid"):
+        assert event_line(broken) is None, broken
+
+
+def test_datagrams_hold_whole_lines_up_to_the_limit():
+    lines = [f'{{"n":{i}}}' for i in range(10)]  # 8 bytes each
+    grams = list(datagrams(lines, 30))
+    assert all(len(g) <= 30 for g in grams)
+    assert b"\n".join(grams).split(b"\n") == [line.encode() for line in lines]
+    assert list(datagrams(["x" * 50], 30)) == [b"x" * 50]  # too long: alone, never cut
+    assert list(datagrams([], 30)) == []
