@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from trunkproxy.kamailio.rpc import RpcError, rpc_call
 from trunkproxy.registrations.events import RegisterEvent, RegisterReply
@@ -18,8 +18,9 @@ from trunkproxy.registrations.events import RegisterEvent, RegisterReply
 log = logging.getLogger("trunkproxy.keepalive")
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
+    """One provider flow to keep alive (a NamedTuple: built for every REGISTER reply event)."""
+
     endpoint: str
     provider: str  # transport:ip:port
     socket: str  # udp:ip:port
