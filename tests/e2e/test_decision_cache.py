@@ -157,10 +157,15 @@ def test_inbound_calls_to_a_registered_pbx_are_replayed(make_provider, make_endp
     port = free_port()
     _register(sipp, run, port).assert_ok()
     pbx = sipp.background("pbx_uas", vars={"user": "4930111"}, local_port=port, calls=3)
-    caller = sipp.run("provider_uac", provider.hostport, vars={"to_user": "4930111"}, calls=3)
+    caller = sipp.background("provider_uac", provider.hostport, vars={"to_user": "4930111"}, calls=3,
+                             pause_ms=1500)
+    # an answered call from outside is an active dialog until its BYE
+    wait_until(lambda: len(_entries(run, "tp_dlg")) >= 1, timeout=10, interval=0.1, message="a call up")
+    caller = caller.wait(20)
     caller.assert_ok(calls=3)
     answered = pbx.wait(10)
     assert answered.successful == 3
+    assert _entries(run, "tp_dlg") == []
     invites = [line.split()[1] for line in answered.messages.splitlines() if line.startswith("INVITE ")]
     # every call, replayed or not, reaches the PBX with its own Contact as Request-URI
     assert len(invites) == 3 and all(uri.startswith("sip:4930111@192.0.2.99") for uri in invites)

@@ -200,12 +200,8 @@ class Router:
         method = KSR.pv.get("$rm")
         decision = decide.route_in_dialog_from_provider(settings, method, ruri, top_route)
         self._memoise_from_provider(decision, remaining)
-        if isinstance(decision, decide.Relay):
-            # active dialogs (tp_dlg): confirmed by the ACK to a 2xx, ended by a BYE, as for PBXs
-            if method == "ACK":
-                KSR.htable.sht_seti("tp_dlg", KSR.pv.get("$ci"), 1)
-            elif method == "BYE":
-                KSR.htable.sht_rm("tp_dlg", KSR.pv.get("$ci"))
+        if isinstance(decision, decide.Relay) and method == "BYE":
+            KSR.htable.sht_rm("tp_dlg", KSR.pv.get("$ci"))  # the dialog ends (active dialogs gauge)
         _apply(decision)
         return 1
 
