@@ -1,8 +1,10 @@
 """Thin KSR adapter: gathers message facts, calls the pure decisions, applies the result.
 
 Loaded by Kamailio's app_python3 (Debian's python3, stdlib only) through kemi_entry.py and
-called from the generated native config with python_exec("method"). A method must never
-return 0 there (the native script would exit), so every entry point returns 1.
+called from the generated native config with python_exec("method"), for what the native
+decision cache does not know yet; what it decides is stored there for the native route to
+replay (docs/routing.md, "Decision cache"). A method must never return 0 there (the native
+script would exit), so every entry point returns 1.
 """
 from __future__ import annotations
 
