@@ -627,7 +627,7 @@ def run_step(target: Target, flow: str, rate: float, calls: int, workdir: Path, 
         entry = target.entry_port
         keys = {"route": f"sip:{IP}:{entry};lr", "domain": PROVIDER_HOST}
         if warm:
-            shm_before_warm = shm_used(target.rpc_socket())
+            shm_before_warm = shm_used(target.rpc_socket()) if measure_idle_s else None
             # from the port the measured UAC uses: a PBX refreshes from the flow it registered from
             warm_dir = step_dir / "warm"
             warm_dir.mkdir()
@@ -638,7 +638,7 @@ def run_step(target: Target, flow: str, rate: float, calls: int, workdir: Path, 
             ws = warm_uac.wait()
             if ws.successful != warm:
                 raise RuntimeError(f"warm-up: {ws.successful} of {warm} REGISTERs succeeded")
-            if shm_before_warm is not None and measure_idle_s:
+            if shm_before_warm is not None:
                 time.sleep(TM_WAIT_S)  # tm frees the warm-up's transactions: what stays is per registration
                 res.shm_warm = [shm_before_warm, shm_used(target.rpc_socket())]
         uac = Sipp(step_dir, "uac", uac_scn, port=uac_port, calls=calls, timeout_s=timeout, cpus=sipp_cpus,

@@ -18,6 +18,7 @@ import pytest
 
 from .harness import (KamailioProcess, ProviderRegistrar, Sipp, SippProcess, Topology,
                       netns_unavailable, tools_missing)
+from .procs import run_failed
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -25,11 +26,6 @@ def pytest_runtest_makereport(item, call):
     rep = yield
     setattr(item, f"rep_{rep.when}", rep)
     return rep
-
-
-def _failed(request) -> bool:
-    return any(getattr(getattr(request.node, f"rep_{w}", None), "failed", False)
-               for w in ("setup", "call"))
 
 
 @pytest.fixture
@@ -46,7 +42,7 @@ def kamailio_processes(request):
     yield procs
     for p in procs:
         p.stop()
-    if _failed(request):
+    if run_failed(request):
         for p in procs:
             print(f"\n===== {p.name} log ({p.log_path}) =====\n{p.log_tail(150)}")
 
@@ -98,7 +94,7 @@ def sipp(e2e_tools, tmp_path, request) -> Sipp:
     yield s
     for sp in s.started:
         s.results.append(sp.stop())
-    if _failed(request):
+    if run_failed(request):
         for res in s.results:
             if not res.ok:
                 print(f"\n===== {res.scenario} =====\n{res.diagnostics()}")
@@ -144,7 +140,7 @@ def make_endpoint(e2e_tools, tmp_path, request):
     yield make
     for run in runs:
         run.stop()
-    if _failed(request):
+    if run_failed(request):
         for run in runs:
             print(f"\n===== trunkproxy log ({run.log_path}) =====\n{run.log_tail(120)}")
 

@@ -35,6 +35,7 @@ class TrunkproxyRun:
     api_port: int = 0
     extra_toml: str = ""
     secret_hex: str | None = None  # the host secret to start with (replicas share it)
+    path: bool = True  # the endpoint's `path` setting (RFC 3327 Path on REGISTERs)
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -76,6 +77,7 @@ class TrunkproxyRun:
             f'internal_address = "{self.internal_ip}"',
             f"internal_port = {self.internal_port}",
             "keepalive_interval = 2",
+            "" if self.path else "path = false",
         ]
         for pin in self.providers:
             lines.append(f'[providers."{pin.host}"]')

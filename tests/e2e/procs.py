@@ -304,3 +304,9 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: 
             raise AssertionError(f"{message} not met within {timeout}s")
         time.sleep(interval)
 
+
+
+def run_failed(request) -> bool:
+    """Whether the test of a fixture's `request` failed in setup or call (to print logs)."""
+    return any(getattr(getattr(request.node, f"rep_{w}", None), "failed", False)
+               for w in ("setup", "call"))

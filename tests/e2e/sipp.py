@@ -306,3 +306,16 @@ def _wait_bound(proc, local, transport, netns, timeout, files) -> None:
     raise RuntimeError(f"sipp did not bind {ip}:{port} within {timeout}s")
 
 
+def trace_messages(trace: str) -> list[tuple[str, str]]:
+    """SIPp -trace_msg text -> [(direction 'sent'|'received', message text)].
+
+    Each message is preceded by a dashed line with a timestamp and "UDP message sent (N bytes):"
+    or "UDP message received [N] bytes :"."""
+    out = []
+    for block in re.split(r"^-{10,}.*$", trace, flags=re.M)[1:]:
+        head, _, text = block.strip("\r\n").partition("\n")
+        direction = "received" if "received" in head else "sent" if "sent" in head else "?"
+        text = text.strip("\r\n")
+        if text:
+            out.append((direction, text))
+    return out

@@ -22,13 +22,12 @@ import subprocess
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from .endpoint import ProviderPin, TrunkproxyRun
-from .procs import free_port, read_log, stop_process, tail, wait_until
+from .endpoint import ProviderPin
+from .procs import free_port, read_log, run_failed, stop_process, tail, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -241,46 +240,23 @@ def make_baresip(tmp_path, request):
     yield make
     for ua in started:
         ua.stop()
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
+    if run_failed(request):
         for ua in started:
             print(f"\n===== baresip log ({ua.log_path}) =====\n{ua.log_tail()}")
             print(f"events: {json.dumps(ua.events, indent=1)[-4000:]}")
 
 
-@dataclass
-class EndpointRun(TrunkproxyRun):
-    """TrunkproxyRun with the endpoint's `path` setting (RFC 3327 Path on REGISTERs, default true)."""
-
-    path: bool = True
-
-    def toml(self) -> str:
-        text = super().toml()
-        if self.path:
-            return text
-        return text.replace("keepalive_interval = 2\n", "keepalive_interval = 2\npath = false\n", 1)
-
-
 @pytest.fixture
-def make_run(e2e_tools, tmp_path, request):
-    """Like make_endpoint, with `path=`; the API is always on (the registration monitor)."""
-    runs: list[EndpointRun] = []
+def make_run(make_endpoint):
+    """make_endpoint for one provider, the API on (the registration monitor), with `path=`."""
 
-    def make(provider, *, path: bool = True) -> EndpointRun:
-        run = EndpointRun(tmp_path / f"trunkproxy{len(runs) + 1}",
-                          providers=[ProviderPin(REGISTRAR, [provider.hostport])], api_port=free_port(), path=path)
-        runs.append(run)
-        run.start()
+    def make(provider, *, path: bool = True):
+        run = make_endpoint(providers=[ProviderPin(REGISTRAR, [provider.hostport])], api_port=free_port(),
+                            path=path)
         assert ("path = false" in run.config_path.read_text()) == (not path)
         return run
 
-    yield make
-    for run in runs:
-        run.stop()
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        for run in runs:
-            print(f"\n===== trunkproxy log ({run.log_path}) =====\n{run.log_tail(120)}")
+    return make
 
 
 def _registered_in_api(run) -> dict | None:

@@ -19,6 +19,7 @@ from trunkproxy.kamailio.rpc import rpc_call
 from .endpoint import ProviderPin
 from .procs import free_port, wait_until
 from .sipmsg import SipMessage
+from .sipp import trace_messages
 
 pytestmark = pytest.mark.e2e
 
@@ -40,14 +41,10 @@ def _register(sipp, run, port: int, **kw):
                     local_port=port, **kw)
 
 
-def _received_by_pbx(messages: str, status: int) -> list[SipMessage]:
-    """The replies with `status` in a SIPp message trace."""
-    out = []
-    for block in messages.split("\n\n"):
-        start = block.find(f"SIP/2.0 {status} ")
-        if start >= 0:
-            out.append(SipMessage.parse(block[start:].replace("\n", "\r\n")))
-    return out
+def _received(trace: str, status: int) -> list[SipMessage]:
+    """The replies with `status` received in a SIPp message trace."""
+    return [SipMessage.parse(text.replace("\n", "\r\n")) for direction, text in trace_messages(trace)
+            if direction == "received" and text.startswith(f"SIP/2.0 {status} ")]
 
 
 def _registration(run) -> dict:
@@ -70,7 +67,7 @@ def test_register_refreshes_are_replayed_with_the_same_rewrites_and_reported(mak
     results = [_register(sipp, run, port) for _ in range(2)]
     for result in results:
         result.assert_ok()
-        (ok,) = _received_by_pbx(result.messages, 200)
+        (ok,) = _received(result.messages, 200)
         # the PBX gets its own Contact back, the registrar's expiry kept; no token leaks to it
         assert "192.0.2.99" in ok.header("Contact") and "tpt=" not in ok.header("Contact")
         assert "expires=" in ok.header("Contact")
@@ -171,7 +168,7 @@ def test_inbound_calls_to_a_registered_pbx_are_replayed(make_provider, make_endp
     assert len(invites) == 3 and all(uri.startswith("sip:4930111@192.0.2.99") for uri in invites)
     assert answered.messages.count("BYE sip:") == 3
     # the caller sees the endpoint, never the PBX, in every 200's Contact
-    oks = _received_by_pbx(caller.messages, 200)
+    oks = _received(caller.messages, 200)
     contacts = {ok.header("Contact") for ok in oks if "INVITE" in (ok.header("CSeq") or "")}
     assert len(contacts) == 1
     (contact,) = contacts

@@ -19,12 +19,11 @@ original Contact as Request-URI, and the far end must never see 192.0.2.99.
 """
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from .endpoint import ProviderPin
 from .procs import UNREACHABLE_CONTACT, free_port
+from .sipp import trace_messages
 
 pytestmark = pytest.mark.e2e
 
@@ -33,24 +32,9 @@ PBX_TO_FAR_OUT = ("PRACK", "ACK", "UPDATE", "BYE")
 FAR_TO_PBX_OUT = ("INVITE", "ACK", "INFO")   # re-INVITE, its ACK, INFO
 
 
-def _trace_messages(trace: str) -> list[tuple[str, str]]:
-    """SIPp -trace_msg text -> [(direction 'sent'|'received', message text)].
-
-    Each message is preceded by a dashed line with a timestamp and "UDP message sent (N bytes):"
-    or "UDP message received [N] bytes :"."""
-    out = []
-    for block in re.split(r"^-{10,}.*$", trace, flags=re.M)[1:]:
-        head, _, text = block.strip("\r\n").partition("\n")
-        direction = "received" if "received" in head else "sent" if "sent" in head else "?"
-        text = text.strip("\r\n")
-        if text:
-            out.append((direction, text))
-    return out
-
-
 def _requests(trace: str, direction: str, method: str) -> list[str]:
     """Start lines of `method` requests sent/received in a SIPp trace."""
-    return [text.splitlines()[0] for d, text in _trace_messages(trace)
+    return [text.splitlines()[0] for d, text in trace_messages(trace)
             if d == direction and text.startswith(f"{method} ")]
 
 
@@ -58,6 +42,30 @@ def _in_dialog(msgs, method):
     """Requests of `method` with a To tag (in-dialog), as logged by the provider."""
     return [m for m in msgs if m.msg.is_request and m.msg.method == method
             and ";tag=" in (m.msg.header("To") or "")]
+
+
+def _assert_relayed_to_endpoint(received, sent, methods, sender: tuple[str, int], ext, who: str) -> None:
+    """Each of `methods` came to the provider from `sender` and went on to the endpoint."""
+    for method in methods:
+        from_sender = [m for m in _in_dialog(received, method) if m.peer[:2] == sender]
+        to_endpoint = [m for m in _in_dialog(sent, method) if m.peer[:2] == ext]
+        assert from_sender, f"{method} from the {who} did not reach the provider"
+        assert to_endpoint, f"{method} from the {who} was not relayed to the endpoint"
+
+
+def _assert_relayed_from_endpoint(received, methods, ext) -> None:
+    """Each of `methods` from the PBX reached the provider from the endpoint's external side."""
+    for method in methods:
+        from_endpoint = [m for m in _in_dialog(received, method) if m.peer[:2] == ext]
+        assert from_endpoint, f"{method} from the PBX did not reach the provider via the endpoint"
+
+
+def _assert_pbx_got_its_own_contact(pbx_trace: str, methods) -> None:
+    """The PBX received each of `methods` with its own original Contact as Request-URI."""
+    for method in methods:
+        lines = _requests(pbx_trace, "received", method)
+        assert lines, f"PBX did not receive {method}"
+        assert all(line.split()[1].startswith(f"sip:4930111@{UNREACHABLE_HOST}") for line in lines), lines
 
 
 def _assert_endpoint_contact(contact: str | None, endpoint, what: str) -> None:
@@ -80,21 +88,11 @@ def test_outbound_call_in_dialog_requests_both_ways(make_provider, make_endpoint
     received = provider.received()
     sent = provider.sent()
     # PBX -> far end: each in-dialog request reached the provider from the endpoint's external side
-    for method in PBX_TO_FAR_OUT:
-        from_endpoint = [m for m in _in_dialog(received, method) if m.peer[:2] == ext]
-        assert from_endpoint, f"{method} from the PBX did not reach the provider via the endpoint"
+    _assert_relayed_from_endpoint(received, PBX_TO_FAR_OUT, ext)
     # far end -> PBX: each one came from the far end and the provider relayed it to the endpoint
-    for method in FAR_TO_PBX_OUT:
-        from_far = [m for m in _in_dialog(received, method) if m.peer[:2] == ("127.0.0.1", pstn_port)]
-        to_endpoint = [m for m in _in_dialog(sent, method) if m.peer[:2] == ext]
-        assert from_far, f"{method} from the far end did not reach the provider"
-        assert to_endpoint, f"{method} from the far end was not relayed to the endpoint"
-
+    _assert_relayed_to_endpoint(received, sent, FAR_TO_PBX_OUT, ("127.0.0.1", pstn_port), ext, "far end")
     # the PBX got the far end's requests with its own original Contact as Request-URI
-    for method in FAR_TO_PBX_OUT:
-        lines = _requests(pbx.messages, "received", method)
-        assert lines, f"PBX did not receive {method}"
-        assert all(line.split()[1].startswith(f"sip:4930111@{UNREACHABLE_HOST}") for line in lines), lines
+    _assert_pbx_got_its_own_contact(pbx.messages, FAR_TO_PBX_OUT)
 
     # the Contact of the PBX's UPDATE and of its 200 to the re-INVITE, as the far side sees them
     update = [m for m in _in_dialog(received, "UPDATE") if m.peer[:2] == ext][0]
@@ -124,21 +122,11 @@ def test_inbound_call_in_dialog_requests_both_ways(endpoint, provider, sipp):
     received = provider.received()
     sent = provider.sent()
     # far end -> PBX: PRACK, ACK, UPDATE, BYE came from the caller and went on to the endpoint
-    for method in PBX_TO_FAR_OUT:
-        from_far = [m for m in _in_dialog(received, method) if m.peer[:2] == ("127.0.0.1", caller_port)]
-        to_endpoint = [m for m in _in_dialog(sent, method) if m.peer[:2] == ext]
-        assert from_far, f"{method} from the caller did not reach the provider"
-        assert to_endpoint, f"{method} from the caller was not relayed to the endpoint"
+    _assert_relayed_to_endpoint(received, sent, PBX_TO_FAR_OUT, ("127.0.0.1", caller_port), ext, "caller")
     # PBX -> far end: re-INVITE, its ACK, INFO reached the provider from the endpoint
-    for method in FAR_TO_PBX_OUT:
-        from_endpoint = [m for m in _in_dialog(received, method) if m.peer[:2] == ext]
-        assert from_endpoint, f"{method} from the PBX did not reach the provider via the endpoint"
-
+    _assert_relayed_from_endpoint(received, FAR_TO_PBX_OUT, ext)
     # the PBX got every in-dialog request with its own (unreachable) Contact as Request-URI
-    for method in PBX_TO_FAR_OUT:
-        lines = _requests(pbx_result.messages, "received", method)
-        assert lines, f"PBX did not receive {method}"
-        assert all(line.split()[1].startswith(f"sip:4930111@{UNREACHABLE_HOST}") for line in lines), lines
+    _assert_pbx_got_its_own_contact(pbx_result.messages, PBX_TO_FAR_OUT)
 
     # the Contact of the PBX's re-INVITE (and its 200 to UPDATE) as the far side sees it
     reinvite = [m for m in _in_dialog(received, "INVITE") if m.peer[:2] == ext][0]
@@ -147,7 +135,7 @@ def test_inbound_call_in_dialog_requests_both_ways(endpoint, provider, sipp):
                   and m.msg.method == "UPDATE" and m.peer[:2] == ext]
     assert update_200, "the PBX's 200 to UPDATE did not reach the provider from the endpoint"
     _assert_endpoint_contact(update_200[0].msg.header("Contact"), endpoint, "200 to UPDATE from PBX")
-    reinvites_at_caller = [t for d, t in _trace_messages(caller.messages)
+    reinvites_at_caller = [t for d, t in trace_messages(caller.messages)
                            if d == "received" and t.startswith("INVITE ")]
     assert reinvites_at_caller and f"127.0.0.1:{endpoint.external_port}" in reinvites_at_caller[0]
     assert UNREACHABLE_HOST not in caller.messages, "the caller saw the PBX's own Contact"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from trunkproxy.registrations.events import RegisterReply, parse_event
-from trunkproxy.routing.event_queue import datagrams, event_line, replayed_reply_value
+from trunkproxy.routing.event_queue import datagrams, event_line, queue_value
 
 FIELDS = json.dumps({"event": "register_reply", "endpoint": "iflo", "aor": "sip:4930111@tel.example.test",
                      "registrar": "tel.example.test", "flow": "udp:127.0.0.1:5062", "provider": "udp:127.0.0.1:5070",
@@ -13,7 +13,7 @@ FIELDS = json.dumps({"event": "register_reply", "endpoint": "iflo", "aor": "sip:
 
 
 def test_a_replayed_reply_becomes_the_event_the_monitor_reads():
-    line = event_line(replayed_reply_value(FIELDS, "7", "1764300000.25", 'odd"call\\id@pbx'))
+    line = event_line(queue_value(FIELDS, "7", "1764300000.25", 'odd"call\\id@pbx'))
     event = parse_event(line.encode())
     assert isinstance(event, RegisterReply)
     assert (event.code, event.expires, event.cseq, event.ts) == (200, 600, 7, 1764300000.25)

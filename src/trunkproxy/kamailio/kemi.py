@@ -18,14 +18,13 @@ import traceback
 import KSR  # type: ignore[import-not-found]  # provided by app_python3
 
 from trunkproxy.routing import decide
-from trunkproxy.routing.event_queue import datagrams, event_line, replayed_reply_value
+from trunkproxy.routing.event_queue import datagrams, event_line, queue_value
 from trunkproxy.routing.registration_events import aor_of, granted_expires, requested_expires
 from trunkproxy.routing.settings import EndpointSettings, settings_from_json
 from trunkproxy.routing.sipuri import parse_name_addr
 from trunkproxy.routing.tokens import Flow, flow_of_text
 
 _RELOAD_CHECK_S = 1.0
-_DECISION_CACHE_SIZE = 4096
 # Memoised decisions and replies live in shared memory (htables tp_dec, tp_rep); the native
 # route refreshes an entry's lifetime on every use, so a flood of distinct requests could
 # grow them without end: a worker clears a table after storing this many entries into it.
@@ -73,7 +72,6 @@ class Router:
         self._next_check = 0.0
         self.settings: EndpointSettings = self._load()
         self._events: _socket.socket | None = None
-        self._decisions: dict[tuple, decide.Decision] = {}
         # the settings the native decision cache holds decisions for; all processes fork
         # from this one, with these settings
         self._published_mtime = self._mtime
@@ -85,7 +83,6 @@ class Router:
         with open(self._path, encoding="utf-8") as fh:
             text = fh.read()
         self._mtime = os.stat(self._path).st_mtime_ns
-        self._decisions = {}
         return settings_from_json(text)
 
     def _current(self) -> EndpointSettings:
@@ -124,16 +121,9 @@ class Router:
         contact = _header("Contact")
         register = method == "REGISTER"
         path_ok = register and decide.supports_path(_header("Supported"))
-        # every call of a trunk asks the same question but for the dialled number: the
-        # decision depends on the Request-URI without its user part, so it is cached on that
-        key = (method, _without_user(ruri), source, contact, preset, path_ok)
-        decision = self._decisions.get(key)
-        if decision is None:
-            decision = decide.route_from_pbx(
-                settings, method, ruri, source, contact, preset, KSR.is_myself_ruri() > 0, path_ok)
-            if len(self._decisions) >= _DECISION_CACHE_SIZE:
-                self._decisions.clear()
-            self._decisions[key] = decision
+        # repeats of a relayed request are replayed by the native route (tp_dec), not asked again
+        decision = decide.route_from_pbx(
+            settings, method, ruri, source, contact, preset, KSR.is_myself_ruri() > 0, path_ok)
         if isinstance(decision, decide.Relay):
             expires = requested_expires(contact, _header("Expires")) if register else None
             if expires != 0 and contact != "*":
@@ -145,7 +135,8 @@ class Router:
                 # what the reply route needs, kept in the transaction; the native route sets
                 # the same for the REGISTERs it replays
                 KSR.pv.sets("$avp(tp_rid)", f"{source}|{registrar}|{decision.send_socket}|{to_header}")
-                self._emit(settings, _register_event("register_request", registrar, source, to_uri, expires=expires))
+                self._emit(_registration_fields("register_request", settings, registrar, source, to_uri,
+                                                expires=expires))
         _apply(decision)
         return 1
 
@@ -247,10 +238,9 @@ class Router:
             provider=f"{KSR.pv.get('$pr')}:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}",
             socket=socket or None, code=code, reason=KSR.pv.get("$rr"), expires=expires, min_expires=min_expires,
         )
-        self._emit_fields(fields)
+        fragment = self._emit(fields)
         reply_key = KSR.pv.get("$var(rk)") or ""
         if reply_key and (200 <= code < 300 or code in (401, 407)):
-            fragment = json.dumps(fields)[1:-1]
             if "|" not in fragment and "|" not in (restored or ""):
                 self._store("tp_rep", reply_key, f"{fragment}|{restored or ''}")
         return 1
@@ -261,7 +251,7 @@ class Router:
         settings = self._current()
         if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
             flow, registrar, socket, to_uri = _registration_of_transaction()
-            self._emit_fields(_registration_fields(
+            self._emit(_registration_fields(
                 "register_reply", settings, registrar, flow, to_uri,
                 socket=socket or None, code=408, reason="timeout", expires=None, min_expires=None, local=True,
             ))
@@ -288,19 +278,14 @@ class Router:
     # Every event goes through one shared-memory queue (tp_ev), so the control plane sees
     # them in order whether Python or the native reply cache produced them; the timer
     # process sends them in batches (newline-separated JSON, one datagram per batch).
-    def _emit(self, settings: EndpointSettings, event: dict) -> None:
-        if not settings.events_socket:
-            return
-        event["endpoint"] = settings.name
-        event["ts"] = time.time()
-        KSR.mqueue.mq_add(_EVENT_QUEUE, "e", json.dumps(event))
-
-    def _emit_fields(self, fields: dict) -> None:
-        """An event from `_registration_fields`, completed with the message's Call-ID etc."""
-        if not self.settings.events_socket:
-            return
-        KSR.mqueue.mq_add(_EVENT_QUEUE, "r", replayed_reply_value(
-            json.dumps(fields)[1:-1], KSR.pv.get("$cs"), time.time(), KSR.pv.get("$ci")))
+    def _emit(self, fields: dict) -> str:
+        """Queue an event from `_registration_fields`, completed with the message's CSeq, the
+        time and its Call-ID; returns the fields as queued (the inside of a JSON object)."""
+        fragment = json.dumps(fields)[1:-1]
+        if self.settings.events_socket:
+            KSR.mqueue.mq_add(_EVENT_QUEUE, "r", queue_value(
+                fragment, KSR.pv.get("$cs"), time.time(), KSR.pv.get("$ci")))
+        return fragment
 
     def tick(self, msg) -> int:
         """rtimer, in its own process: publish changed settings, send the queued events."""
@@ -364,11 +349,6 @@ def _fail_over(route_name: str) -> int:
     return 1
 
 
-def _without_user(uri: str) -> str:
-    scheme, _colon, rest = uri.partition(":")
-    return f"{scheme}:{rest[rest.rfind('@') + 1:]}"
-
-
 def _int(text: str | None) -> int | None:
     return int(text) if text and text.strip().isdigit() else None
 
@@ -407,19 +387,6 @@ def _hide_contact(settings: EndpointSettings, contact: str, flow: Flow, socket) 
     if new_value is not None:
         _replace_header("Contact", new_value)
     return new_value
-
-
-def _register_event(kind: str, registrar: str, flow: Flow, to_uri: str, **fields) -> dict:
-    """The fields every REGISTER event carries, from the message at hand, plus `fields`."""
-    return {
-        "event": kind,
-        "call_id": KSR.pv.get("$ci"),
-        "cseq": _int(KSR.pv.get("$cs")),
-        "aor": aor_of(to_uri),
-        "registrar": registrar,
-        "flow": str(flow),
-        **fields,
-    }
 
 
 def _registration_fields(kind: str, settings: EndpointSettings, registrar: str, flow: Flow, to_uri: str,

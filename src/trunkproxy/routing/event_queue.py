@@ -1,9 +1,9 @@
 """The endpoint's REGISTER event queue (Kamailio mqueue `tp_ev`) and its datagrams. Pure.
 
-What is queued, by Python or by the native REGISTER reply route (endpoint.cfg):
-- a complete JSON event: `{"event": "register_request", ...}`;
-- a memoised reply seen again: the memoised fields (the inside of a JSON object, holding no
-  "|") + `|CSeq time Call-ID` of the reply at hand.
+What is queued, by Python and by the native REGISTER reply route (endpoint.cfg): an event's
+fields that do not change between two replies to the same registration (the inside of a JSON
+object, holding no "|") + `|CSeq time Call-ID` of the message at hand. A value that is already
+a complete JSON object is passed on as it is.
 
 The timer process turns queued values into JSON lines and sends them in datagrams of at most
 `limit` bytes, one event per line (docs/registrations.md).
@@ -14,8 +14,8 @@ import json
 from typing import Iterable, Iterator
 
 
-def replayed_reply_value(fields_json: str, cseq: int | str, ts: float | str, call_id: str) -> str:
-    """What the native route queues for a memoised reply (Python builds the same for tests)."""
+def queue_value(fields_json: str, cseq: int | str, ts: float | str, call_id: str) -> str:
+    """A queued value, as Python builds it (the native reply route builds the same)."""
     return f"{fields_json}|{cseq} {ts} {call_id}"
 
 
