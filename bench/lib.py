@@ -20,6 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -347,6 +348,12 @@ class Target:
     external_port: int = 0
     is_proxy: bool = True
     shm_mb: int = SHM_MB
+    # runs Kamailio under a tool (bench/instructions.py: valgrind --tool=callgrind)
+    prefix: tuple[str, ...] = ()
+    start_timeout_s: float = 15.0
+    stop_timeout_s: float = 5.0
+    # how a started proxy is known to be ready (None: it answers an OPTIONS)
+    ready_probe: Callable[[], bool] | None = None
 
     def rpc_socket(self) -> Path | None:
         return None
@@ -388,12 +395,14 @@ class Direct(Target):
 
 
 def _wait_ping(port: int, proc: subprocess.Popen, timeout: float, what: str, log: Path,
-               extra=lambda: True) -> None:
+               extra=lambda: True, probe=None) -> None:
+    """Until `probe()` (default: an OPTIONS to `port` answered 200) holds."""
+    probe = probe or (lambda: sip_ping(port) == 200)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
-        if extra() and sip_ping(port) == 200:
+        if extra() and probe():
             return
         time.sleep(0.1)
     raise RuntimeError(f"{what} not ready within {timeout}s:\n{_tail(log)}")
@@ -439,12 +448,13 @@ class Reference(Target):
             argv += ["-x", "tlsf", "-X", "tlsf"]
         self.log = workdir / f"ref-{self.key}.log"
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(pinned(self.cpus, argv), stdout=out, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(pinned(self.cpus, [*self.prefix, *argv]), stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
-        _wait_ping(self.internal_port, self.proc, 15, f"reference kamailio ({self.key})", self.log)
+        _wait_ping(self.internal_port, self.proc, self.start_timeout_s, f"reference kamailio ({self.key})", self.log,
+                   probe=self.ready_probe)
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        stop_process(self.proc, self.stop_timeout_s)
         self.proc = None
         if getattr(self, "run_dir", None):
             shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -535,6 +545,66 @@ class Trunkproxy(Target):
 
     def rpc_socket(self) -> Path | None:
         return self.state_dir / "run" / "iflo" / "rpc.sock" if getattr(self, "state_dir", None) else None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return _tail(self.log, lines) if self.log else ""
+
+
+@dataclass
+class GeneratedEndpoint(Target):
+    """trunkproxy's generated Kamailio config and settings for the benchmark's endpoint, run
+    directly (no control plane: its REGISTER events go to a socket nobody reads). For tools
+    that must start Kamailio themselves: the profile (another KEMI entry), the instruction
+    counts (under valgrind)."""
+
+    entry: Path | None = None  # another KEMI entry module instead of kemi_entry.py
+    env: dict = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+
+    def start(self, workdir: Path, provider_port: int) -> None:
+        from trunkproxy.config.load import load_config
+        from trunkproxy.kamailio.process import kamailio_argv
+        from trunkproxy.supervisor import Supervisor
+
+        self.workdir, self.provider_port = workdir, provider_port
+        self.internal_port, self.external_port = free_port(), free_port()
+        self.state_dir = Path(tempfile.mkdtemp(prefix="tpb-"))
+        toml = workdir / f"{self.key}.toml"
+        toml.write_text(Trunkproxy.toml(self, self.state_dir))
+        config = load_config(toml)
+        sup = Supervisor(config)
+        sup.prepare()
+        resolved = sup.endpoints[0]
+        if self.entry:
+            cfg, n = re.subn(r'modparam\("app_python3", "load", "[^"]*"\)',
+                             f'modparam("app_python3", "load", "{self.entry}")', resolved.config_path.read_text())
+            assert n == 1, "generated config has no app_python3 load modparam"
+            resolved.config_path.write_text(cfg)
+        self.run_dir = resolved.run_dir
+        env = dict(os.environ, TRUNKPROXY_ENDPOINT_SETTINGS=str(resolved.settings_path), **self.env)
+        proxy = config.proxy
+        argv = kamailio_argv(proxy.kamailio_binary, resolved.config_path, resolved.run_dir, proxy.shm_mb, proxy.pkg_mb)
+        self.log = workdir / f"{self.key}.log"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(pinned(self.cpus, [*self.prefix, *argv]), stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        _wait_ping(self.internal_port, self.proc, self.start_timeout_s, f"generated endpoint ({self.key})", self.log,
+                   probe=self.ready_probe)
+
+    def stop(self) -> None:
+        stop_process(self.proc, self.stop_timeout_s)
+        self.proc = None
+        shutil.rmtree(getattr(self, "state_dir", "") or "/nonexistent", ignore_errors=True)
+
+    def kamailio_pids(self) -> list[int]:
+        return process_tree(self.proc.pid) if self.proc else []
+
+    def rpc_socket(self) -> Path | None:
+        return self.run_dir / "rpc.sock" if getattr(self, "run_dir", None) else None
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""

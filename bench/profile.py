@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -34,44 +33,20 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-class InstrumentedEndpoint(lib.Target):
+class InstrumentedEndpoint(lib.GeneratedEndpoint):
     """trunkproxy's generated Kamailio config and settings, with bench/profile_entry.py loaded."""
 
     def __init__(self, mode: str, workers: int, cpus: str | None):
         super().__init__(f"c_{mode}", f"trunkproxy, instrumented ({mode})", workers, cpus)
         self.mode = mode
-        self.proc = None
+        self.entry = lib.BENCH_DIR / "profile_entry.py"
+        self.start_timeout_s = 20.0
 
     def start(self, workdir: Path, provider_port: int) -> None:
-        from trunkproxy.config.load import load_config
-        from trunkproxy.kamailio.process import kamailio_argv
-        from trunkproxy.supervisor import Supervisor
-
-        self.workdir, self.provider_port = workdir, provider_port
-        self.internal_port, self.external_port = lib.free_port(), lib.free_port()
-        self.state_dir = Path(tempfile.mkdtemp(prefix="tpb-"))
-        toml = workdir / "trunkproxy.toml"
-        toml.write_text(lib.Trunkproxy.toml(self, self.state_dir))
-        config = load_config(toml)
-        sup = Supervisor(config)
-        sup.prepare()
-        resolved = sup.endpoints[0]
-        cfg = resolved.config_path.read_text()
-        entry = lib.BENCH_DIR / "profile_entry.py"
-        cfg, n = re.subn(r'modparam\("app_python3", "load", "[^"]*"\)', f'modparam("app_python3", "load", "{entry}")', cfg)
-        assert n == 1, "generated config has no app_python3 load modparam"
-        resolved.config_path.write_text(cfg)
         self.out_dir = workdir / f"profile-{self.mode}"
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, TRUNKPROXY_ENDPOINT_SETTINGS=str(resolved.settings_path),
-                   BENCH_PROFILE_MODE=self.mode, BENCH_PROFILE_OUT=str(self.out_dir))
-        proxy = config.proxy
-        argv = kamailio_argv(proxy.kamailio_binary, resolved.config_path, resolved.run_dir, proxy.shm_mb, proxy.pkg_mb)
-        self.log = workdir / "kamailio.log"
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(lib.pinned(self.cpus, argv), stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-        lib._wait_ping(self.internal_port, self.proc, 20, "instrumented endpoint", self.log)
+        self.env = {"BENCH_PROFILE_MODE": self.mode, "BENCH_PROFILE_OUT": str(self.out_dir)}
+        super().start(workdir, provider_port)
 
     def flush(self) -> None:
         """Every worker writes its counters on its next entry once a second has passed."""
@@ -81,17 +56,6 @@ class InstrumentedEndpoint(lib.Target):
             lib.sip_ping(self.external_port)
             time.sleep(0.05)
         time.sleep(0.3)
-
-    def stop(self) -> None:
-        lib.stop_process(self.proc)
-        self.proc = None
-        shutil.rmtree(getattr(self, "state_dir", "") or "/nonexistent", ignore_errors=True)
-
-    def kamailio_pids(self) -> list[int]:
-        return lib.process_tree(self.proc.pid) if self.proc else []
-
-    def log_tail(self, lines: int = 30) -> str:
-        return lib._tail(self.log, lines)
 
 
 def _merge(out_dir: Path) -> tuple[dict, dict]:

@@ -56,6 +56,22 @@ async def test_a_batch_datagram_carries_events_one_per_line(short_dir, send):
         await receiver.stop()
 
 
+async def test_queued_values_from_kamailio_are_completed_into_events(short_dir, send):
+    """Route TICK sends the event queue's values as they are: fields, then CSeq, time, Call-ID."""
+    got = []
+    receiver = EventReceiver(short_dir / "ev.sock", got.append)
+    await receiver.start()
+    try:
+        fields = encode_event(EVENT).decode()[1:-1]
+        fields = ",".join(f for f in fields.split(",") if not f.startswith(('"ts"', '"call_id"', '"cseq"')))
+        send(short_dir / "ev.sock", f"{fields}||7 1764300002.5 c9@pbx\n{fields}||x 1 c9\n\xff||1 1 c\n".encode("latin-1"))
+        await _until(lambda: receiver.received + receiver.malformed == 3)
+        assert got == [RegisterRequest(KEY, 1764300002.5, "c9@pbx", 7, 3600)]
+        assert receiver.malformed == 2  # a CSeq that is not a number; not UTF-8
+    finally:
+        await receiver.stop()
+
+
 async def test_a_failing_handler_does_not_stop_the_socket(short_dir, send):
     calls = []
 

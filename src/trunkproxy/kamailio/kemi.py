@@ -18,19 +18,18 @@ import traceback
 import KSR  # type: ignore[import-not-found]  # provided by app_python3
 
 from trunkproxy.routing import decide
-from trunkproxy.routing.event_queue import datagrams, event_line, queue_value
+from trunkproxy.routing.event_queue import datagrams, queue_value
 from trunkproxy.routing.registration_events import aor_of, granted_expires, requested_expires
 from trunkproxy.routing.settings import EndpointSettings, settings_from_json
 from trunkproxy.routing.sipuri import parse_name_addr
 from trunkproxy.routing.tokens import Flow, flow_of_text
 
 _RELOAD_CHECK_S = 1.0
-# Memoised decisions and replies live in shared memory (htables tp_dec, tp_rep); the native
-# route refreshes an entry's lifetime on every use, so a flood of distinct requests could
-# grow them without end: a worker clears a table after storing this many entries into it.
+# Memoised decisions and replies live in shared memory (htables tp_dec, tp_rep) for a day;
+# a flood of distinct requests could grow them without end within that time: a worker
+# clears a table after storing this many entries into it.
 _NATIVE_CACHE_STORES = 10000
 _EVENT_QUEUE = "tp_ev"  # what is queued: trunkproxy.routing.event_queue
-_TICK_MAX_EVENTS = 20000
 _DATAGRAM_BYTES = 60000
 
 
@@ -127,7 +126,7 @@ class Router:
         if isinstance(decision, decide.Relay):
             expires = requested_expires(contact, _header("Expires")) if register else None
             if expires != 0 and contact != "*":
-                self._memoise(KSR.pv.get("$var(dk)") or "", decision)
+                self._memoise(KSR.pv.get("$var(dk)") or "", decision, register)
             if register:
                 registrar = KSR.pv.get("$rd")
                 to_header = KSR.pv.get("$hdr(To)") or ""
@@ -140,15 +139,21 @@ class Router:
         _apply(decision)
         return 1
 
-    def _memoise(self, native_key: str, decision: decide.Relay) -> None:
-        """Store the decision for route INITIAL_FROM_PBX to replay, unless a field holds the
-        separator."""
+    def _memoise(self, native_key: str, decision: decide.Relay, register: bool) -> None:
+        """Store the decision for route INITIAL_FROM_PBX (or REGISTER_FROM_PBX) to replay,
+        unless a field holds the separator or the route could not replay it."""
         if not native_key:
             return
         if decision.ruri is not None or decision.record_route == "" or (decision.alternates and not decision.dst_uri):
             return
-        fields = (decision.send_socket, decision.contact or "", decision.path or decision.record_route or "",
-                  decision.dst_uri or "", " ".join(decision.alternates))
+        if register:
+            if not (decision.dst_uri and decision.contact):
+                return
+            fields = (decision.send_socket, decision.dst_uri, decision.contact, decision.path or "",
+                      " ".join(decision.alternates))
+        else:
+            fields = (decision.send_socket, decision.contact or "", decision.record_route or "",
+                      decision.dst_uri or "", " ".join(decision.alternates))
         if any("|" in f for f in fields):
             return
         self._store("tp_dec", native_key, "|".join(fields))
@@ -288,9 +293,10 @@ class Router:
         return fragment
 
     def tick(self, msg) -> int:
-        """rtimer, in its own process: publish changed settings, send the queued events."""
+        """rtimer, in its own process: publish changed settings (route TICK then sends the
+        queued events)."""
         try:
-            settings = self._current()
+            self._current()
             now = time.monotonic()
             if self._published_mtime != self._mtime:
                 # new settings: memoised decisions are void. A worker may still decide with
@@ -302,31 +308,28 @@ class Router:
             elif self._second_reset_at is not None and now >= self._second_reset_at:
                 KSR.htable.sht_reset("tp_dec")
                 self._second_reset_at = None
-            lines = _queued_events()
-            if lines and settings.events_socket:
-                self._send(settings.events_socket, lines)
         except Exception:  # noqa: BLE001 - the timer must keep running
             KSR.err(f"trunkproxy: tick failed: {traceback.format_exc()}\n")
         return 1
 
-    def _send(self, path: str, lines: list[str]) -> None:
+    def send_events(self, msg) -> int:
+        """Route TICK's batch of queued events ($var(b), one per line) to the control plane."""
+        path = self.settings.events_socket
+        batch = KSR.pv.get("$var(b)")
+        if not (path and batch):
+            return 1
+        data = batch.encode()
         try:
             if self._events is None:
                 self._events = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-            for batch in datagrams(lines, _DATAGRAM_BYTES):
-                self._events.sendto(batch, path)
+            if len(data) <= _DATAGRAM_BYTES:
+                self._events.sendto(data, path)
+            else:  # a single long event: split where the lines allow
+                for part in datagrams([line for line in batch.split("\n") if line], _DATAGRAM_BYTES):
+                    self._events.sendto(part, path)
         except OSError:
             pass  # the control plane is restarting; refreshes report again
-
-
-def _queued_events() -> list[str]:
-    fetch, value_of = KSR.mqueue.mq_fetch, KSR.mqueue.mqv_get
-    lines: list[str] = []
-    while len(lines) < _TICK_MAX_EVENTS and fetch(_EVENT_QUEUE) > 0:
-        line = event_line(value_of(_EVENT_QUEUE))
-        if line is not None:
-            lines.append(line)
-    return lines
+        return 1
 
 
 def _fail_over(route_name: str) -> int:

@@ -1,7 +1,7 @@
 """The unix datagram socket that Kamailio's Python sends REGISTER events to.
 
-The only I/O of the event path: datagrams in (one event, or a batch of events one per line),
-parsed events handed to `on_event`. A malformed
+The only I/O of the event path: datagrams in (one event, or a batch of events one per line:
+JSON objects or event queue values), parsed events handed to `on_event`. A malformed
 datagram (or an `on_event` that raises) is logged and counted, never allowed to stop the socket.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from trunkproxy.registrations.events import EventError, RegisterEvent, parse_event
+from trunkproxy.routing.event_queue import event_line
 
 log = logging.getLogger("trunkproxy.registrations")
 
@@ -81,14 +82,24 @@ class EventReceiver:
                 pass
 
     def _datagram(self, data: bytes) -> None:
-        # a datagram carries one event or a batch of them, one JSON object per line
+        # a datagram carries one event or a batch of them, one per line: a JSON object, or a
+        # value as Kamailio's event queue holds it (trunkproxy.routing.event_queue)
         for line in data.split(b"\n"):
             if line.strip():
                 self._line(line)
 
     def _line(self, data: bytes) -> None:
         try:
+            if not data.startswith(b"{"):
+                line = event_line(data.decode("utf-8"))
+                if line is None:
+                    raise EventError("neither a JSON object nor a queued event value")
+                data = line.encode()
             event = parse_event(data)
+        except UnicodeDecodeError as exc:
+            self.malformed += 1
+            log.warning("dropped malformed REGISTER event (not UTF-8: %s): %r", exc, data[:200])
+            return
         except EventError as exc:
             self.malformed += 1
             log.warning("dropped malformed REGISTER event (%s): %r", exc, data[:200])
