@@ -22,8 +22,8 @@ def test_a_replayed_reply_becomes_the_event_the_monitor_reads():
 
 
 def test_the_native_routes_format_matches():
-    # endpoint.cfg queues the memoised reply "fields|restored Contact" as "$var(r)|$cs $TV(Sn) $ci\n"
-    line = event_line(f"{FIELDS}|<sip:4930111@10.0.0.5:5060>;expires=600|2 1764300000.123456 a84b4c76e66710@10.0.0.1\n")
+    # endpoint.cfg queues the memoised reply "fields|restored Contact" as "$var(r)|$cs $TV(Sn) $ci"
+    line = event_line(f"{FIELDS}|<sip:4930111@10.0.0.5:5060>;expires=600|2 1764300000.123456 a84b4c76e66710@10.0.0.1")
     event = parse_event(line.encode())
     assert (event.cseq, event.ts, event.call_id) == (2, 1764300000.123456, "a84b4c76e66710@10.0.0.1")
     assert event.code == 200

@@ -30,6 +30,7 @@ _RELOAD_CHECK_S = 1.0
 # clears a table after storing this many entries into it.
 _NATIVE_CACHE_STORES = 10000
 _EVENT_QUEUE = "tp_ev"  # what is queued: trunkproxy.routing.event_queue
+_TICK_MAX_EVENTS = 20000
 _DATAGRAM_BYTES = 60000
 
 
@@ -293,8 +294,7 @@ class Router:
         return fragment
 
     def tick(self, msg) -> int:
-        """rtimer, in its own process: publish changed settings (route TICK then sends the
-        queued events)."""
+        """rtimer, in its own process: publish changed settings, send the queued events."""
         try:
             self._current()
             now = time.monotonic()
@@ -308,28 +308,29 @@ class Router:
             elif self._second_reset_at is not None and now >= self._second_reset_at:
                 KSR.htable.sht_reset("tp_dec")
                 self._second_reset_at = None
+            self._drain()
         except Exception:  # noqa: BLE001 - the timer must keep running
             KSR.err(f"trunkproxy: tick failed: {traceback.format_exc()}\n")
         return 1
 
-    def send_events(self, msg) -> int:
-        """Route TICK's batch of queued events ($var(b), one per line) to the control plane."""
+    def _drain(self) -> None:
+        """Send the queued events as they are, one per line (the control plane parses them);
+        measured (bench.instructions) as cheap per event as a loop over the queue in the
+        native config."""
+        fetch, value_of = KSR.mqueue.mq_fetch, KSR.mqueue.mqv_get
+        values: list[str] = []
+        while len(values) < _TICK_MAX_EVENTS and fetch(_EVENT_QUEUE) > 0:
+            values.append(value_of(_EVENT_QUEUE))
         path = self.settings.events_socket
-        batch = KSR.pv.get("$var(b)")
-        if not (path and batch):
-            return 1
-        data = batch.encode()
+        if not (values and path):
+            return
         try:
             if self._events is None:
                 self._events = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-            if len(data) <= _DATAGRAM_BYTES:
-                self._events.sendto(data, path)
-            else:  # a single long event: split where the lines allow
-                for part in datagrams([line for line in batch.split("\n") if line], _DATAGRAM_BYTES):
-                    self._events.sendto(part, path)
+            for part in datagrams(values, _DATAGRAM_BYTES):
+                self._events.sendto(part, path)
         except OSError:
             pass  # the control plane is restarting; refreshes report again
-        return 1
 
 
 def _fail_over(route_name: str) -> int:

@@ -51,11 +51,6 @@ DIALOG_TIMEOUT_S = 43200
 dialog module's default_timeout): a lost BYE must not inflate the gauge for ever."""
 TICK_INTERVAL_MS = 200
 """How often the timer process sends queued REGISTER events and checks the settings file."""
-TICK_MAX_EVENTS = 20000
-"""Queued REGISTER events sent per tick at most (the queue holds 100000)."""
-EVENT_BATCH_BYTES = 8000
-"""A batch of queued events is sent (one datagram) once it is this long: each event added
-copies the batch so far, each batch costs a Python call; a single longer event goes alone."""
 
 
 def interface_address(interface: str) -> str:
@@ -148,8 +143,6 @@ def kamailio_cfg(config: Config, resolved: ResolvedEndpoint, aliases: list[str] 
         "CACHE_TTL": str(NATIVE_CACHE_TTL_S),
         "DIALOG_TTL": str(DIALOG_TIMEOUT_S),
         "TICK_US": str(TICK_INTERVAL_MS * 1000),
-        "TICK_MAX_EVENTS": str(TICK_MAX_EVENTS),
-        "EVENT_BATCH_BYTES": str(EVENT_BATCH_BYTES),
         "KEMI_ENTRY": str(entry),
         "IS_INTERNAL": is_internal,
         "INSTANCE_NETWORKS": networks,

@@ -1,7 +1,7 @@
 """The endpoint's REGISTER event queue (Kamailio mqueue `tp_ev`) and its datagrams. Pure.
 
 What is queued, by Python and by the native REGISTER reply route (endpoint.cfg):
-`fields|restored|CSeq time Call-ID` and a newline. `fields` are the event's fields that do not
+`fields|restored|CSeq time Call-ID`. `fields` are the event's fields that do not
 change between two replies to the same registration (the inside of a JSON object, holding no
 "|"); `restored` is ignored here (the native route queues its memoised reply as it is, whose
 second part is the PBX's Contact it restored, holding no "|"; Python leaves it empty); then
@@ -19,15 +19,12 @@ from typing import Iterable, Iterator
 
 
 def queue_value(fields_json: str, cseq: int | str, ts: float | str, call_id: str) -> str:
-    """A queued value, as Python builds it (the native reply route builds the same). It ends
-    with its newline: route TICK joins values into a datagram with a single concatenation
-    each."""
-    return f"{fields_json}||{cseq} {ts} {call_id}\n"
+    """A queued value, as Python builds it (the native reply route builds the same)."""
+    return f"{fields_json}||{cseq} {ts} {call_id}"
 
 
 def event_line(value: str) -> str | None:
     """The JSON line for one queued value; None when it cannot be one (dropped)."""
-    value = value.rstrip("\n")
     if value.startswith("{"):
         return value
     fields, _sep, rest = value.partition("|")
