@@ -74,7 +74,9 @@ def _all_started(target: lib.Target) -> bool:
 
 
 def _total(path: Path) -> int:
-    m = re.search(r"^(?:totals|summary): (\d+)", path.read_text(errors="replace"), re.M)
+    """Instructions counted in one process's dump: its `totals:` line (else `summary:`)."""
+    text = path.read_text(errors="replace")
+    m = re.search(r"^totals: (\d+)", text, re.M) or re.search(r"^summary: (\d+)", text, re.M)
     return int(m.group(1)) if m else 0
 
 
@@ -165,24 +167,28 @@ def counted_run(key: str, flow: str, ops: int, args, workdir: Path) -> dict:
     return {"successful": successful, "by_role": by_role, "functions": functions, "dir": str(d)}
 
 
-def measure(key: str, flow: str, args, workdir: Path) -> dict:
-    """(counted run - run without the counted ops) / ops: startup, warm-up and timer ticks
-    cancel out."""
-    base = counted_run(key, flow, 0, args, workdir)
-    full = counted_run(key, flow, args.ops, args, workdir)
-    n = args.ops
+def per_op(base: dict, full: dict, ops: int, top: int) -> dict:
+    """What `ops` more calls or REGISTERs cost: (full run - base run) / ops, by process role
+    and by function (the `top` costliest)."""
 
-    def per_op(a: dict, b: dict) -> dict[str, int]:
-        return {k: round((b.get(k, 0) - a.get(k, 0)) / n) for k in set(a) | set(b)}
+    def difference(a: dict, b: dict) -> dict[str, int]:
+        return {k: round((b.get(k, 0) - a.get(k, 0)) / ops) for k in set(a) | set(b)}
 
-    by_role = per_op(base["by_role"], full["by_role"])
-    functions = per_op(base["functions"], full["functions"])
+    by_role = difference(base["by_role"], full["by_role"])
+    functions = difference(base["functions"], full["functions"])
     return {
-        "successful": full["successful"], "ops": n,
+        "successful": full["successful"], "ops": ops,
         "instructions_per_op": sum(by_role.values()),
         "by_role": dict(sorted(by_role.items(), key=lambda kv: -kv[1])),
-        "functions": dict(sorted(functions.items(), key=lambda kv: -kv[1])[:args.top]),
+        "functions": dict(sorted(functions.items(), key=lambda kv: -kv[1])[:top]),
     }
+
+
+def measure(key: str, flow: str, args, workdir: Path) -> dict:
+    """Startup, warm-up and timer ticks are in both runs and cancel out."""
+    base = counted_run(key, flow, 0, args, workdir)
+    full = counted_run(key, flow, args.ops, args, workdir)
+    return per_op(base, full, args.ops, args.top)
 
 
 def render(result: dict) -> str:

@@ -23,6 +23,7 @@ from trunkproxy.routing.registration_events import aor_of, granted_expires, requ
 from trunkproxy.routing.settings import EndpointSettings, settings_from_json
 from trunkproxy.routing.sipuri import parse_name_addr
 from trunkproxy.routing.tokens import Flow, flow_of_text
+from trunkproxy.routing.warmup import rehearse
 
 _RELOAD_CHECK_S = 1.0
 # Memoised decisions and replies live in shared memory (htables tp_dec, tp_rep) for a day;
@@ -99,6 +100,10 @@ class Router:
 
     # -- Kamailio entry points ----------------------------------------------------------
     def child_init(self, rank: int) -> int:
+        try:
+            rehearse(self.settings)  # before the first message, not during it (routing.warmup)
+        except Exception:  # noqa: BLE001 - a rehearsal must never keep a worker from starting
+            KSR.err(f"trunkproxy: warm-up failed: {traceback.format_exc()}\n")
         return 0
 
     def ksr_request_route(self, msg) -> int:
