@@ -33,7 +33,6 @@ from pathlib import Path
 from bench import lib
 
 VALGRIND = shutil.which("valgrind")
-CALLGRIND_CONTROL = shutil.which("callgrind_control")
 CALLGRIND_ANNOTATE = shutil.which("callgrind_annotate")
 
 
@@ -160,7 +159,7 @@ def counted_run(key: str, flow: str, ops: int, args, workdir: Path) -> dict:
         pid = int(path.name.split(".")[1])
         role = roles.get(pid, "main and others")
         by_role[role] = by_role.get(role, 0) + _total(path)
-        if CALLGRIND_ANNOTATE and role != "main and others":
+        if role != "main and others":
             for name, count in self_cost(path).items():
                 key = f"{role}: {name}"
                 functions[key] = functions.get(key, 0) + count
@@ -196,7 +195,7 @@ def render(result: dict) -> str:
     for flow, per_target in result["flows"].items():
         op = "call" if flow == "call" else "REGISTER"
         ref, tp = per_target.get("b_tlsf"), per_target.get("c")
-        lines.append(f"\n{flow}: instructions per {op} (callgrind, all Kamailio processes, idle subtracted)")
+        lines.append(f"\n{flow}: instructions per {op} (callgrind, all Kamailio processes, less a run without them)")
         for key, res in per_target.items():
             roles = ", ".join(f"{k} {v:,}" for k, v in res["by_role"].items())
             lines.append(f"  {key:7} {res['instructions_per_op']:>12,}   ({res['successful']} ok; {roles})")
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--top", type=int, default=60, help="functions kept per target in the JSON")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    missing = [name for name, path in (("valgrind", VALGRIND), ("callgrind_control", CALLGRIND_CONTROL))
+    missing = [name for name, path in (("valgrind", VALGRIND), ("callgrind_annotate", CALLGRIND_ANNOTATE))
                if not path] + ([lib.tools_missing()] if lib.tools_missing() else [])
     if missing:
         raise SystemExit(f"bench.instructions needs: {', '.join(missing)}")
