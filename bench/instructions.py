@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import re
 import shutil
 import subprocess
@@ -47,11 +46,11 @@ def log(msg: str) -> None:
 COUNTED = ("receive_msg", "wait_handler", "retr_buf_handler", "stm_timer_exec")
 
 
-def make_target(key: str, workers: int, out_dir: Path) -> lib.Target:
+def make_target(key: str, workers: int, out_dir: Path) -> lib.KamailioTarget:
     prefix = (VALGRIND, "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p", "--dump-line=no",
               "--collect-atstart=no", *(f"--toggle-collect={fn}" for fn in COUNTED))
     if key == "b_tlsf":
-        target: lib.Target = lib.Reference("b_tlsf", "native Kamailio, -x tlsf -X tlsf", workers, None, tlsf=True)
+        target: lib.KamailioTarget = lib.Reference("b_tlsf", "native Kamailio, -x tlsf -X tlsf", workers, None, tlsf=True)
     elif key == "c":
         target = lib.GeneratedEndpoint("c", "trunkproxy's generated endpoint config", workers, None)
     else:
@@ -64,12 +63,9 @@ def make_target(key: str, workers: int, out_dir: Path) -> lib.Target:
 
 
 def _all_started(target: lib.Target) -> bool:
-    """Every Kamailio process is up (RPC lists them), a few seconds ago."""
+    """Every Kamailio process is up: RPC lists them."""
     listing = lib.rpc(target.rpc_socket(), "core.psx", timeout=5)
-    if not isinstance(listing, list) or len(listing) < 4 * target.workers:
-        return False
-    time.sleep(5)  # the workers' child_init (trunkproxy: Python) runs after the fork
-    return True
+    return isinstance(listing, list) and len(listing) >= 4 * target.workers
 
 
 def _total(path: Path) -> int:
@@ -125,6 +121,7 @@ def counted_run(key: str, flow: str, ops: int, args, workdir: Path) -> dict:
     try:
         uas.start(wait_bound=True)
         target.start(d, uas_port)
+        time.sleep(5)  # the workers' child_init (trunkproxy: Python) runs after the fork
         entry = target.entry_port
         keys = {"route": f"sip:{lib.IP}:{entry};lr", "domain": lib.PROVIDER_HOST}
 
@@ -235,10 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
             res = measure(key, flow, args, workdir)
             result["flows"].setdefault(flow, {})[key] = res
             log(f"  {flow} {key}: {res['instructions_per_op']:,} instructions per op ({res['successful']} ok)")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else lib.BENCH_DIR / "results" / f"instructions-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = lib.results_path("instructions", args.out)
+    lib.write_results(result, out)
     print(render(result))
     print(f"\nresults: {out}")
     return result

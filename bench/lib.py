@@ -7,7 +7,9 @@ process group it leads).
 from __future__ import annotations
 
 import csv
+import datetime
 import io
+import json
 import os
 import re
 import shutil
@@ -41,6 +43,20 @@ SHM_MB, PKG_MB = 1024, 16
 def tools_missing() -> str | None:
     missing = [p for p in (KAMAILIO, SIPP, TASKSET) if not os.access(p, os.X_OK)]
     return f"not installed: {', '.join(missing)}" if missing else None
+
+
+# --------------------------------------------------------------------------- results
+
+
+def results_path(name: str, out: str | None) -> Path:
+    """`out` if given, else bench/results/NAME-DATE.json (git-ignored)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(out) if out else BENCH_DIR / "results" / f"{name}-{stamp}.json"
+
+
+def write_results(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
 
 
 # --------------------------------------------------------------------------- ports, probe
@@ -348,18 +364,14 @@ class Target:
     external_port: int = 0
     is_proxy: bool = True
     shm_mb: int = SHM_MB
-    # runs Kamailio under a tool (bench/instructions.py: valgrind --tool=callgrind)
-    prefix: tuple[str, ...] = ()
-    start_timeout_s: float = 15.0
-    stop_timeout_s: float = 5.0
-    # how a started proxy is known to be ready (None: it answers an OPTIONS)
-    ready_probe: Callable[[], bool] | None = None
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
 
     def rpc_socket(self) -> Path | None:
         return None
 
     def log_text(self) -> str:
-        return ""
+        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
 
     def start(self, workdir: Path, provider_port: int) -> None:
         raise NotImplementedError
@@ -379,7 +391,7 @@ class Target:
         return []
 
     def log_tail(self, lines: int = 30) -> str:
-        return ""
+        return _tail(self.log, lines) if self.log else ""
 
 
 @dataclass
@@ -429,48 +441,57 @@ def reference_cfg(workers: int, internal_port: int, external_port: int, provider
 
 
 @dataclass
-class Reference(Target):
+class KamailioTarget(Target):
+    """A Kamailio the benchmark starts itself (not through `trunkproxy run`): all its
+    processes are Kamailio's; `temp_dir` (sockets, pid file) is removed when it stops."""
+
+    # runs Kamailio under a tool (bench/instructions.py: valgrind --tool=callgrind)
+    prefix: tuple[str, ...] = ()
+    start_timeout_s: float = 15.0
+    stop_timeout_s: float = 5.0
+    # how a started proxy is known to be ready (None: it answers an OPTIONS)
+    ready_probe: Callable[[], bool] | None = None
+    run_dir: Path | None = None  # where its ctl and jsonrpc sockets are
+    temp_dir: Path | None = None
+
+    def _launch(self, argv: list[str], what: str, env: dict | None = None) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(pinned(self.cpus, [*self.prefix, *argv]), stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        _wait_ping(self.internal_port, self.proc, self.start_timeout_s, what, self.log, probe=self.ready_probe)
+
+    def stop(self) -> None:
+        stop_process(self.proc, self.stop_timeout_s)
+        self.proc = None
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = self.run_dir = None
+
+    def kamailio_pids(self) -> list[int]:
+        return process_tree(self.proc.pid) if self.proc else []
+
+    def rpc_socket(self) -> Path | None:
+        return self.run_dir / "rpc.sock" if self.run_dir else None
+
+
+@dataclass
+class Reference(KamailioTarget):
     """(b) the native-config Kamailio in bench/reference, Debian's allocator or TLSF."""
 
     tlsf: bool = False
-    proc: subprocess.Popen | None = None
-    log: Path | None = None
 
     def start(self, workdir: Path, provider_port: int) -> None:
         self.workdir, self.provider_port = workdir, provider_port
         self.internal_port, self.external_port = free_port(), free_port()
         # sockets (ctl, jsonrpc) and pid files in a short temp dir (104-byte unix path limit)
-        self.run_dir = run_dir = Path(tempfile.mkdtemp(prefix="tpb-"))
+        self.temp_dir = self.run_dir = run_dir = Path(tempfile.mkdtemp(prefix="tpb-"))
         cfg = workdir / f"ref-{self.key}.cfg"
         cfg.write_text(reference_cfg(self.workers, self.internal_port, self.external_port, provider_port, run_dir))
         argv = [KAMAILIO, "-f", str(cfg), "-DD", "-E", "-Y", str(run_dir), "-m", str(self.shm_mb), "-M", str(PKG_MB)]
         if self.tlsf:
             argv += ["-x", "tlsf", "-X", "tlsf"]
         self.log = workdir / f"ref-{self.key}.log"
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(pinned(self.cpus, [*self.prefix, *argv]), stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        _wait_ping(self.internal_port, self.proc, self.start_timeout_s, f"reference kamailio ({self.key})", self.log,
-                   probe=self.ready_probe)
-
-    def stop(self) -> None:
-        stop_process(self.proc, self.stop_timeout_s)
-        self.proc = None
-        if getattr(self, "run_dir", None):
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-            self.run_dir = None
-
-    def kamailio_pids(self) -> list[int]:
-        return process_tree(self.proc.pid) if self.proc else []
-
-    def rpc_socket(self) -> Path | None:
-        return self.run_dir / "rpc.sock" if getattr(self, "run_dir", None) else None
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
-
-    def log_tail(self, lines: int = 30) -> str:
-        return _tail(self.log, lines) if self.log else ""
+        self._launch(argv, f"reference kamailio ({self.key})")
 
 
 def trunkproxy_command() -> list[str]:
@@ -481,9 +502,6 @@ def trunkproxy_command() -> list[str]:
 @dataclass
 class Trunkproxy(Target):
     """(c) `trunkproxy -c FILE run`, one interface endpoint on lo, the provider pinned to the UAS."""
-
-    proc: subprocess.Popen | None = None
-    log: Path | None = None
 
     def toml(self, state_dir: Path) -> str:
         return "\n".join([
@@ -546,15 +564,9 @@ class Trunkproxy(Target):
     def rpc_socket(self) -> Path | None:
         return self.state_dir / "run" / "iflo" / "rpc.sock" if getattr(self, "state_dir", None) else None
 
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
-
-    def log_tail(self, lines: int = 30) -> str:
-        return _tail(self.log, lines) if self.log else ""
-
 
 @dataclass
-class GeneratedEndpoint(Target):
+class GeneratedEndpoint(KamailioTarget):
     """trunkproxy's generated Kamailio config and settings for the benchmark's endpoint, run
     directly (no control plane: its REGISTER events go to a socket nobody reads). For tools
     that must start Kamailio themselves: the profile (another KEMI entry), the instruction
@@ -562,8 +574,6 @@ class GeneratedEndpoint(Target):
 
     entry: Path | None = None  # another KEMI entry module instead of kemi_entry.py
     env: dict = field(default_factory=dict)
-    proc: subprocess.Popen | None = None
-    log: Path | None = None
 
     def start(self, workdir: Path, provider_port: int) -> None:
         from trunkproxy.config.load import load_config
@@ -572,9 +582,9 @@ class GeneratedEndpoint(Target):
 
         self.workdir, self.provider_port = workdir, provider_port
         self.internal_port, self.external_port = free_port(), free_port()
-        self.state_dir = Path(tempfile.mkdtemp(prefix="tpb-"))
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="tpb-"))
         toml = workdir / f"{self.key}.toml"
-        toml.write_text(Trunkproxy.toml(self, self.state_dir))
+        toml.write_text(Trunkproxy.toml(self, self.temp_dir))
         config = load_config(toml)
         sup = Supervisor(config)
         sup.prepare()
@@ -585,32 +595,11 @@ class GeneratedEndpoint(Target):
             assert n == 1, "generated config has no app_python3 load modparam"
             resolved.config_path.write_text(cfg)
         self.run_dir = resolved.run_dir
-        env = dict(os.environ, TRUNKPROXY_ENDPOINT_SETTINGS=str(resolved.settings_path), **self.env)
         proxy = config.proxy
         argv = kamailio_argv(proxy.kamailio_binary, resolved.config_path, resolved.run_dir, proxy.shm_mb, proxy.pkg_mb)
         self.log = workdir / f"{self.key}.log"
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(pinned(self.cpus, [*self.prefix, *argv]), stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-        _wait_ping(self.internal_port, self.proc, self.start_timeout_s, f"generated endpoint ({self.key})", self.log,
-                   probe=self.ready_probe)
-
-    def stop(self) -> None:
-        stop_process(self.proc, self.stop_timeout_s)
-        self.proc = None
-        shutil.rmtree(getattr(self, "state_dir", "") or "/nonexistent", ignore_errors=True)
-
-    def kamailio_pids(self) -> list[int]:
-        return process_tree(self.proc.pid) if self.proc else []
-
-    def rpc_socket(self) -> Path | None:
-        return self.run_dir / "rpc.sock" if getattr(self, "run_dir", None) else None
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
-
-    def log_tail(self, lines: int = 30) -> str:
-        return _tail(self.log, lines) if self.log else ""
+        self._launch(argv, f"generated endpoint ({self.key})",
+                     env=dict(os.environ, TRUNKPROXY_ENDPOINT_SETTINGS=str(resolved.settings_path), **self.env))
 
 
 def make_targets(keys: list[str], workers: int, proxy_cpus: str | None, shm_mb: int = SHM_MB) -> list[Target]:

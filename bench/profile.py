@@ -207,10 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
             for target in lib.make_targets(["b_tlsf", "c"], args.workers, args.proxy_cpus):
                 result["perf"].setdefault(flow, {})[target.key] = perf_profile(target, flow, args, workdir)
                 log(f"  perf {flow} {target.key}: done")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else lib.BENCH_DIR / "results" / f"profile-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = lib.results_path("profile", args.out)
+    lib.write_results(result, out)
     print(render(result))
     print(f"\nresults: {out}")
     return result

@@ -300,8 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     flows = [f for f in args.flows.split(",") if f]
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="trunkproxy-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else lib.BENCH_DIR / "results" / f"bench-{stamp}.json"
+    out = lib.results_path("bench", args.out)
     log(f"bench: targets {keys}, flows {flows}, {args.workers} workers, proxy on CPU {args.proxy_cpus}, "
         f"SIPp on CPU {args.sipp_cpus}; logs in {workdir}")
 
@@ -334,8 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs,
         "workdir": str(workdir),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    lib.write_results(result, out)
     print(table(summary, flows))
     print(f"\nresults: {out} ({result['duration_s']:.0f} s)")
     if not result["cpu_rounds_all_passed"]:

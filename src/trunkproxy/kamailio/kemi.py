@@ -100,6 +100,8 @@ class Router:
 
     # -- Kamailio entry points ----------------------------------------------------------
     def child_init(self, rank: int) -> int:
+        if rank <= 0:
+            return 0  # not a SIP worker (main, timers, RPC): no message waits for it
         try:
             rehearse(self.settings)  # before the first message, not during it (routing.warmup)
         except Exception:  # noqa: BLE001 - a rehearsal must never keep a worker from starting
@@ -288,7 +290,8 @@ class Router:
     # -- registration events ----------------------------------------------------------
     # Every event goes through one shared-memory queue (tp_ev), so the control plane sees
     # them in order whether Python or the native reply cache produced them; the timer
-    # process sends them in batches (newline-separated JSON, one datagram per batch).
+    # process sends them as queued, one per line, many per datagram (the control plane
+    # completes them: trunkproxy.routing.event_queue).
     def _emit(self, fields: dict) -> str:
         """Queue an event from `_registration_fields`, completed with the message's CSeq, the
         time and its Call-ID; returns the fields as queued (the inside of a JSON object)."""
@@ -379,9 +382,10 @@ def _header(name: str) -> str | None:
 
 def _provider_route_facts(settings: EndpointSettings) -> tuple[str, str | None, str | None]:
     """(Request-URI, Route as received, Route left: None if untouched) of a request from
-    outside, after removing the Route entries naming this endpoint. Not loose_route(): our Contact in the Request-URI makes it
-    take the strict-router path, which rewrites the Request-URI and leaves an empty Route
-    header behind when both of our entries share one header line."""
+    outside, after removing the Route entries naming this endpoint. Not loose_route(): our
+    Contact in the Request-URI makes it take the strict-router path, which rewrites the
+    Request-URI and leaves an empty Route header behind when both of our entries share one
+    header line."""
     route = _header("Route")
     remaining = decide.strip_own_routes(settings, route) if route else None
     if remaining is not None:

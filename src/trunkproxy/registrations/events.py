@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from trunkproxy.routing.event_queue import event_line
+
 
 class EventError(ValueError):
     """A datagram that is not a valid REGISTER event; the message says which field is wrong."""
@@ -103,9 +105,14 @@ def _seconds(data: dict[str, Any], name: str) -> int | None:
 
 
 def parse_event(datagram: bytes) -> RegisterEvent:
-    """Decode one datagram; raises `EventError` when it is not a well-formed REGISTER event."""
+    """Decode one event: a JSON object, or a value as the endpoint's event queue holds it
+    (`trunkproxy.routing.event_queue`); raises `EventError` when it is not a well-formed
+    REGISTER event."""
     try:
-        data = json.loads(datagram.decode("utf-8"))
+        line = event_line(datagram.decode("utf-8"))
+        if line is None:
+            raise EventError("neither a JSON object nor a queued event value")
+        data = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EventError(f"not UTF-8 JSON: {exc}") from exc
     if not isinstance(data, dict):

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable
 
 from trunkproxy.registrations.events import EventError, RegisterEvent, parse_event
-from trunkproxy.routing.event_queue import event_line
 
 log = logging.getLogger("trunkproxy.registrations")
 
@@ -82,24 +81,15 @@ class EventReceiver:
                 pass
 
     def _datagram(self, data: bytes) -> None:
-        # a datagram carries one event or a batch of them, one per line: a JSON object, or a
-        # value as Kamailio's event queue holds it (trunkproxy.routing.event_queue)
+        # a datagram carries one event or a batch of them, one per line (parse_event reads
+        # both forms: a JSON object, a value as Kamailio's event queue holds it)
         for line in data.split(b"\n"):
             if line.strip():
                 self._line(line)
 
     def _line(self, data: bytes) -> None:
         try:
-            if not data.startswith(b"{"):
-                line = event_line(data.decode("utf-8"))
-                if line is None:
-                    raise EventError("neither a JSON object nor a queued event value")
-                data = line.encode()
             event = parse_event(data)
-        except UnicodeDecodeError as exc:
-            self.malformed += 1
-            log.warning("dropped malformed REGISTER event (not UTF-8: %s): %r", exc, data[:200])
-            return
         except EventError as exc:
             self.malformed += 1
             log.warning("dropped malformed REGISTER event (%s): %r", exc, data[:200])
