@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -568,12 +569,41 @@ class Trunkproxy(Target):
 @dataclass
 class GeneratedEndpoint(KamailioTarget):
     """trunkproxy's generated Kamailio config and settings for the benchmark's endpoint, run
-    directly (no control plane: its REGISTER events go to a socket nobody reads). For tools
-    that must start Kamailio themselves: the profile (another KEMI entry), the instruction
-    counts (under valgrind)."""
+    directly, without the control plane: a sink reads its REGISTER events off the socket and
+    discards them, so that sending them costs what it costs in production (no socket to send
+    to would make every tick raise). For tools that must start Kamailio themselves: the
+    profile (another KEMI entry), the instruction counts (under valgrind)."""
 
     entry: Path | None = None  # another KEMI entry module instead of kemi_entry.py
     env: dict = field(default_factory=dict)
+    events_received: int = 0  # datagrams the sink read
+    _sink: socket.socket | None = None
+
+    def _open_sink(self, path: Path) -> None:
+        sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sink.bind(str(path))
+        self._sink = sink
+
+        def drain() -> None:
+            while True:
+                try:
+                    if not sink.recv(65536):
+                        return  # shut down by stop()
+                except OSError:
+                    return
+                self.events_received += 1
+
+        threading.Thread(target=drain, name=f"{self.key}-event-sink", daemon=True).start()
+
+    def stop(self) -> None:
+        super().stop()
+        if self._sink is not None:
+            try:
+                self._sink.shutdown(socket.SHUT_RDWR)  # wakes the reader
+            except OSError:
+                pass
+            self._sink.close()
+            self._sink = None
 
     def start(self, workdir: Path, provider_port: int) -> None:
         from trunkproxy.config.load import load_config
@@ -588,6 +618,7 @@ class GeneratedEndpoint(KamailioTarget):
         config = load_config(toml)
         sup = Supervisor(config)
         sup.prepare()
+        self._open_sink(Path(sup.events_socket))
         resolved = sup.endpoints[0]
         if self.entry:
             cfg, n = re.subn(r'modparam\("app_python3", "load", "[^"]*"\)',

@@ -22,8 +22,9 @@ def test_a_replayed_reply_becomes_the_event_the_monitor_reads():
 
 
 def test_the_native_routes_format_matches():
-    # endpoint.cfg queues the memoised reply "fields|restored Contact" as "$var(r)|$cs $TV(Sn) $ci"
-    line = event_line(f"{FIELDS}|<sip:4930111@10.0.0.5:5060>;expires=600|2 1764300000.123456 a84b4c76e66710@10.0.0.1")
+    # endpoint.cfg queues the memoised reply's fields ("fields|restored Contact" or "fields")
+    # as "$(var(r){s.select,0,|})|$cs $TV(Sn) $ci"
+    line = event_line(f"{FIELDS}|2 1764300000.123456 a84b4c76e66710@10.0.0.1")
     event = parse_event(line.encode())
     assert (event.cseq, event.ts, event.call_id) == (2, 1764300000.123456, "a84b4c76e66710@10.0.0.1")
     assert event.code == 200
@@ -32,8 +33,8 @@ def test_the_native_routes_format_matches():
 def test_complete_events_pass_and_broken_values_are_dropped():
     full = '{"event":"register_request"}'
     assert event_line(full) == full
-    for broken in ("", "no separator", f"{FIELDS}||x 1.0 cid", f"{FIELDS}||1 notatime cid", f"{FIELDS}||1 1.0 ",
-                   "||1 1.0 cid", f"{FIELDS}|1 1.0 cid"):
+    for broken in ("", "no separator", f"{FIELDS}|x 1.0 cid", f"{FIELDS}|1 notatime cid", f"{FIELDS}|1 1.0 ",
+                   "|1 1.0 cid", f"{FIELDS}||1 1.0 cid", f"{FIELDS}|<sip:a@b>|1 1.0 cid"):
         assert event_line(broken) is None, broken
 
 

@@ -14,14 +14,16 @@ import os
 import socket as _socket
 import time
 import traceback
+from typing import NamedTuple
 
 import KSR  # type: ignore[import-not-found]  # provided by app_python3
 
 from trunkproxy.routing import decide
 from trunkproxy.routing.event_queue import datagrams, queue_value
+from trunkproxy.routing.register_memo import (Registration, parse_registration, registration_value, reply_memo,
+                                               request_memo)
 from trunkproxy.routing.registration_events import aor_of, granted_expires, requested_expires
 from trunkproxy.routing.settings import EndpointSettings, settings_from_json
-from trunkproxy.routing.sipuri import parse_name_addr
 from trunkproxy.routing.tokens import Flow, flow_of_text
 from trunkproxy.routing.warmup import rehearse
 
@@ -128,43 +130,54 @@ class Router:
         contact = _header("Contact")
         register = method == "REGISTER"
         path_ok = register and decide.supports_path(_header("Supported"))
-        # repeats of a relayed request are replayed by the native route (tp_dec), not asked again
         decision = decide.route_from_pbx(
             settings, method, ruri, source, contact, preset, KSR.is_myself_ruri() > 0, path_ok)
         if isinstance(decision, decide.Relay):
             expires = requested_expires(contact, _header("Expires")) if register else None
-            if expires != 0 and contact != "*":
-                self._memoise(KSR.pv.get("$var(dk)") or "", decision, register)
+            registration = None
             if register:
                 registrar = KSR.pv.get("$rd")
-                to_header = KSR.pv.get("$hdr(To)") or ""
-                to_uri = _uri_of(to_header)
-                # what the reply route needs, kept in the transaction; the native route sets
-                # the same for the REGISTERs it replays
-                KSR.pv.sets("$avp(tp_rid)", f"{source}|{registrar}|{decision.send_socket}|{to_header}")
+                to_uri = KSR.pv.get("$tu") or ""
+                registration = registration_value(Registration(
+                    str(source), registrar, decision.send_socket, to_uri, decision.alternates))
+                # what the reply and failure routes need, kept in the transaction; the native
+                # route sets the same for the REGISTERs it replays
+                if registration:
+                    KSR.pv.sets("$avp(tp_rid)", registration)
                 self._emit(_registration_fields("register_request", settings, registrar, source, to_uri,
                                                 expires=expires))
+            # repeats of a relayed request are replayed by the native route (tp_dec), not asked again
+            if expires != 0 and contact != "*":
+                key = KSR.pv.get("$var(dk)") or ""
+                if not register:
+                    self._memoise(key, decision)
+                elif registration:
+                    self._memoise_register(key, decision, registration)
         _apply(decision)
         return 1
 
-    def _memoise(self, native_key: str, decision: decide.Relay, register: bool) -> None:
-        """Store the decision for route INITIAL_FROM_PBX (or REGISTER_FROM_PBX) to replay,
-        unless a field holds the separator or the route could not replay it."""
-        if not native_key:
+    def _memoise(self, native_key: str, decision: decide.Relay) -> None:
+        """Store the decision for route INITIAL_FROM_PBX to replay, unless a field holds the
+        separator or the route could not replay it."""
+        if not native_key or decision.ruri is not None or decision.record_route == "":
             return
-        if decision.ruri is not None or decision.record_route == "" or (decision.alternates and not decision.dst_uri):
+        if decision.alternates and not decision.dst_uri:
             return
-        if register:
-            if not (decision.dst_uri and decision.contact):
-                return
-            fields = (decision.send_socket, decision.dst_uri, decision.contact, decision.path or "",
-                      " ".join(decision.alternates))
-        else:
-            fields = (decision.send_socket, decision.contact or "", decision.record_route or "",
-                      decision.dst_uri or "", " ".join(decision.alternates))
+        fields = (decision.send_socket, decision.contact or "", decision.record_route or "",
+                  decision.dst_uri or "", " ".join(decision.alternates))
         if any("|" in f for f in fields):
             return
         self._store("tp_dec", native_key, "|".join(fields))
+
+    def _memoise_register(self, native_key: str, decision: decide.Relay, registration: str) -> None:
+        """Store a REGISTER's decision for route REGISTER_FROM_PBX (routing.register_memo)."""
+        if not native_key or decision.ruri is not None or not (decision.dst_uri and decision.contact):
+            return
+        socket_name = self.settings.socket_name_of(decision.send_socket)
+        value = request_memo(socket_name, decision.dst_uri, registration, decision.contact, decision.path) \
+            if socket_name else None
+        if value is not None:
+            self._store("tp_dec", native_key, value)
 
     def _memoise_from_provider(self, decision: decide.Decision, remaining_route: str | None) -> None:
         """Store a decision on a request from outside for route FROM_PROVIDER_CACHED."""
@@ -235,40 +248,45 @@ class Router:
         report the outcome, memoise both for the same reply to the same registration."""
         settings = self._current()
         code = int(KSR.pv.get("$rs"))
-        flow, registrar, socket, to_uri = _registration_of_transaction()
+        reg = _registration_of_transaction()
         expires = None
         restored = None
+        contact = None
         if 200 <= code < 300:
             contact = _header("Contact")
-            expires = granted_expires(settings.secret, contact, _header("Expires"), flow)
+            expires = granted_expires(settings.secret, contact, _header("Expires"), reg.flow)
             if contact:
                 restored = decide.restore_contacts(settings.secret, contact)
                 if restored is not None:
                     _replace_header("Contact", restored)
+        elif code in (401, 407):
+            contact = _header("Contact")
         min_expires = _int(_header("Min-Expires")) if code == 423 else None
         fields = _registration_fields(
-            "register_reply", settings, registrar, flow, to_uri,
+            "register_reply", settings, reg.registrar, reg.flow, reg.to_uri,
             provider=f"{KSR.pv.get('$pr')}:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}",
-            socket=socket or None, code=code, reason=KSR.pv.get("$rr"), expires=expires, min_expires=min_expires,
+            socket=reg.socket or None, code=code, reason=KSR.pv.get("$rr"), expires=expires, min_expires=min_expires,
         )
         fragment = self._emit(fields)
         reply_key = KSR.pv.get("$var(rk)") or ""
-        if reply_key and (200 <= code < 300 or code in (401, 407)):
-            if "|" not in fragment and "|" not in (restored or ""):
-                self._store("tp_rep", reply_key, f"{fragment}|{restored or ''}")
+        # keyed by the transaction's registration: none kept, nothing memoised
+        if reply_key and KSR.pv.get("$avp(tp_rid)"):
+            memo = reply_memo(fragment, code, restored, bool(contact))
+            if memo is not None:
+                self._store("tp_rep", reply_key, memo)
         return 1
 
     @_reply_entry
     def register_failure(self, msg) -> int:
         """Failure route of a REGISTER: a timeout with no answer becomes a `timeout` event."""
         settings = self._current()
+        reg = _registration_of_transaction()
         if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
-            flow, registrar, socket, to_uri = _registration_of_transaction()
             self._emit(_registration_fields(
-                "register_reply", settings, registrar, flow, to_uri,
-                socket=socket or None, code=408, reason="timeout", expires=None, min_expires=None, local=True,
+                "register_reply", settings, reg.registrar, reg.flow, reg.to_uri,
+                socket=reg.socket or None, code=408, reason="timeout", expires=None, min_expires=None, local=True,
             ))
-        return _fail_over("register_failure")
+        return _fail_over("register_failure", reg.alternates)
 
     @_reply_entry
     def relay_failure(self, msg) -> int:
@@ -341,18 +359,19 @@ class Router:
             pass  # the control plane is restarting; refreshes report again
 
 
-def _fail_over(route_name: str) -> int:
-    """Next pinned provider address, else a quick 503 when the provider never answered."""
+def _fail_over(route_name: str, alternates: tuple[str, ...] = ()) -> int:
+    """Next pinned provider address, else a quick 503 when the provider never answered.
+    `alternates`: the failover hops of a REGISTER replayed natively (kept in its
+    registration); $avp(tp_alt) holds those not tried yet, empty when all were."""
     if KSR.tm.t_is_canceled() > 0:
         return 1
-    alternates = KSR.pv.get("$avp(tp_alt)")
-    if alternates and KSR.tm.t_check_status("408|5[0-9][0-9]") > 0:
-        first, _sep, rest = alternates.partition(" ")
+    remaining = KSR.pv.get("$avp(tp_alt)")
+    if remaining is None:
+        remaining = " ".join(alternates)
+    if remaining and KSR.tm.t_check_status("408|5[0-9][0-9]") > 0:
+        first, _sep, rest = remaining.partition(" ")
         KSR.pv.sets("$du", first)
-        if rest:
-            KSR.pv.sets("$avp(tp_alt)", rest)
-        else:
-            KSR.pv.unset("$avp(tp_alt)")
+        KSR.pv.sets("$avp(tp_alt)", rest)
         KSR.tm.t_on_failure(route_name)
         KSR.tm.t_relay()
         return 1
@@ -410,21 +429,24 @@ def _registration_fields(kind: str, settings: EndpointSettings, registrar: str, 
             "flow": str(flow), **fields}
 
 
-def _registration_of_transaction() -> tuple[Flow, str, str, str]:
-    """(PBX flow, registrar, send socket, To URI) of the REGISTER this reply/failure belongs
-    to, from the transaction's $avp(tp_rid) ("flow|registrar|socket|To")."""
-    flow_text, _s, rest = (KSR.pv.get("$avp(tp_rid)") or "").partition("|")
-    registrar, _s, rest = rest.partition("|")
-    socket, _s, to_uri = rest.partition("|")
-    flow = flow_of_text(flow_text) or Flow(
-        KSR.pv.get("$T_req($pr)") or "udp", KSR.pv.get("$T_req($si)"), int(KSR.pv.get("$T_req($sp)")))
-    return flow, registrar or KSR.pv.get("$T_req($rd)"), socket, _uri_of(to_uri) or KSR.pv.get("$tu") or ""
+class _TransactionRegistration(NamedTuple):
+    flow: Flow
+    registrar: str
+    socket: str
+    to_uri: str
+    alternates: tuple[str, ...]
 
 
-def _uri_of(header_value: str) -> str:
-    """The URI of a To header value as received (`"Name" <sip:...>;tag=x`)."""
-    addr = parse_name_addr(header_value) if header_value else None
-    return addr.uri if addr else ""
+def _registration_of_transaction() -> _TransactionRegistration:
+    """The registration the REGISTER of this reply or failure belongs to, from the
+    transaction's $avp(tp_rid) (trunkproxy.routing.register_memo), else from the request."""
+    reg = parse_registration(KSR.pv.get("$avp(tp_rid)"))
+    flow = flow_of_text(reg.flow) if reg else None
+    if reg is None or flow is None:
+        return _TransactionRegistration(
+            Flow(KSR.pv.get("$T_req($pr)") or "udp", KSR.pv.get("$T_req($si)"), int(KSR.pv.get("$T_req($sp)"))),
+            KSR.pv.get("$T_req($rd)") or "", "", KSR.pv.get("$T_req($tu)") or "", ())
+    return _TransactionRegistration(flow, reg.registrar, reg.socket, reg.to_uri, reg.alternates)
 
 
 def _replace_header(name: str, value: str) -> None:
@@ -446,7 +468,12 @@ def _apply(decision: decide.Decision) -> None:
     if decision.contact is not None:
         _replace_header("Contact", decision.contact)
     if decision.path is not None:
-        KSR.hdr.insert(f"Path: {decision.path}\r\n")
+        # on top of any Path entries already there (RFC 3327), else after the Contact as the
+        # native route's replay puts it
+        if KSR.hdr.is_present("Path") > 0:
+            KSR.hdr.insert(f"Path: {decision.path}\r\n")
+        else:
+            KSR.hdr.append(f"Path: {decision.path}\r\n")
     if decision.record_route is not None:
         if decision.record_route:
             KSR.rr.record_route_params(decision.record_route)

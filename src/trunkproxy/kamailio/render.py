@@ -12,6 +12,7 @@ import psutil
 
 from trunkproxy.config.model import Config, Endpoint
 from trunkproxy.routing.addresses import parse_hostport
+from trunkproxy.routing.settings import socket_name
 
 
 class InterfaceError(Exception):
@@ -116,10 +117,11 @@ def _listen_lines(resolved: ResolvedEndpoint) -> list[str]:
     adv = _advertise(ep)
     lines = []
     for t in ep.transports:
-        lines.append(f'listen={t}:{_hostport(ep.internal_address, ep.internal_port)} name "int_{t}"')
+        lines.append(f'listen={t}:{_hostport(ep.internal_address, ep.internal_port)} name "{socket_name("int", t)}"')
     for t in ep.transports:
         advertise = f" advertise {_hostport(*adv)}" if adv else ""
-        lines.append(f'listen={t}:{_hostport(resolved.external_address, ep.external_port)}{advertise} name "ext_{t}"')
+        lines.append(f'listen={t}:{_hostport(resolved.external_address, ep.external_port)}{advertise} '
+                     f'name "{socket_name("ext", t)}"')
     return lines
 
 
@@ -127,7 +129,7 @@ def kamailio_cfg(config: Config, resolved: ResolvedEndpoint, aliases: list[str] 
     ep = resolved.endpoint
     template = resources.files("trunkproxy.kamailio").joinpath("templates/endpoint.cfg").read_text()
     entry = Path(__file__).with_name("kemi_entry.py")
-    is_internal = " || ".join(f'$Rn == "int_{t}"' for t in ep.transports)
+    is_internal = " || ".join(f'$Rn == "{socket_name("int", t)}"' for t in ep.transports)
     networks = ",".join(str(ipaddress.ip_network(n, strict=False)) for n in config.proxy.instance_networks)
     listen = _listen_lines(resolved) + [f'alias="{a}"' for a in aliases]
     values = {

@@ -1,12 +1,10 @@
 """The endpoint's REGISTER event queue (Kamailio mqueue `tp_ev`) and its datagrams. Pure.
 
 What is queued, by Python and by the native REGISTER reply route (endpoint.cfg):
-`fields|restored|CSeq time Call-ID`. `fields` are the event's fields that do not
-change between two replies to the same registration (the inside of a JSON object, holding no
-"|"); `restored` is ignored here (the native route queues its memoised reply as it is, whose
-second part is the PBX's Contact it restored, holding no "|"; Python leaves it empty); then
-the CSeq, time and Call-ID of the message at hand. A value that is already a complete JSON
-object is passed on as it is.
+`fields|CSeq time Call-ID`. `fields` are the event's fields that do not change between two
+replies to the same registration (the inside of a JSON object, holding no "|"); then the
+CSeq, time and Call-ID of the message at hand. A value that is already a complete JSON object
+is passed on as it is.
 
 The timer process (route TICK) sends the queued values as they are, one per line, in datagrams
 of at most `limit` bytes; the control plane turns each into its JSON line (`event_line`)
@@ -20,15 +18,14 @@ from typing import Iterable, Iterator
 
 def queue_value(fields_json: str, cseq: int | str, ts: float | str, call_id: str) -> str:
     """A queued value, as Python builds it (the native reply route builds the same)."""
-    return f"{fields_json}||{cseq} {ts} {call_id}"
+    return f"{fields_json}|{cseq} {ts} {call_id}"
 
 
 def event_line(value: str) -> str | None:
     """The JSON line for one queued value; None when it cannot be one (dropped)."""
     if value.startswith("{"):
         return value
-    fields, _sep, rest = value.partition("|")
-    _restored, _sep, seen = rest.partition("|")
+    fields, _sep, seen = value.partition("|")
     cseq, _sp, rest = seen.partition(" ")
     ts, _sp, call_id = rest.partition(" ")
     if not (fields and cseq.isdigit() and _is_number(ts) and call_id):

@@ -22,6 +22,12 @@ class ProviderRoute:
     transport: str | None = None
 
 
+def socket_name(side: str, transport: str) -> str:
+    """The name a listen socket has in the generated Kamailio config (side: "int" or "ext"):
+    the native routes force a send socket by name (`$fsn`), cheaper than by address."""
+    return f"{side}_{transport}"
+
+
 @dataclass(frozen=True, slots=True)
 class Socket:
     transport: str
@@ -55,6 +61,14 @@ class EndpointSettings:
     """Addresses of providers pinned in the configuration: known sources from the start."""
     aliases: frozenset[str] = frozenset()
     """Host names that mean this endpoint (its Consul DNS name), lower-case."""
+
+    def socket_name_of(self, spec: str) -> str | None:
+        """The Kamailio name of the listen socket `spec` (`Socket.spec()`), None if not ours."""
+        for side, sockets in (("int", self.internal), ("ext", self.external)):
+            for transport, sock in sockets.items():
+                if sock.spec() == spec:
+                    return socket_name(side, transport)
+        return None
 
     def is_own(self, host: str, port: int | None) -> bool:
         """Does host[:port] name one of this endpoint's sockets (bound or advertised)?"""

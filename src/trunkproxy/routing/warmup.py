@@ -13,6 +13,7 @@ import json
 
 from trunkproxy.routing import decide
 from trunkproxy.routing.event_queue import event_line, queue_value
+from trunkproxy.routing.register_memo import Registration, registration_value, reply_memo, request_memo
 from trunkproxy.routing.registration_events import aor_of, granted_expires, requested_expires
 from trunkproxy.routing.settings import EndpointSettings
 from trunkproxy.routing.sipuri import parse_name_addr
@@ -42,9 +43,15 @@ def rehearse(settings: EndpointSettings) -> int:
             expires = requested_expires(decision.contact, "3600")
             granted = granted_expires(settings.secret, f"{decision.contact};expires=600", None, source)
             decide.restore_contacts(settings.secret, f"{decision.contact};expires=600")
-            fields = {"event": "register_reply", "aor": aor_of(f"sip:{_USER}@{domain}"), "code": 200,
-                      "expires": granted or expires}
-            event_line(queue_value(json.dumps(fields)[1:-1], 1, "1.0", "warmup"))
+            fields = json.dumps({"event": "register_reply", "aor": aor_of(f"sip:{_USER}@{domain}"), "code": 200,
+                                 "expires": granted or expires})[1:-1]
+            registration = registration_value(Registration(str(source), domain, decision.send_socket,
+                                                           f"sip:{_USER}@{domain}", decision.alternates))
+            if registration and decision.dst_uri:
+                request_memo(settings.socket_name_of(decision.send_socket) or "-", decision.dst_uri, registration,
+                             decision.contact, decision.path)
+            reply_memo(fields, 200, contact, True)
+            event_line(queue_value(fields, 1, "1.0", "warmup"))
         elif decision.contact:
             address = parse_name_addr(decision.contact)
             if address is not None:
