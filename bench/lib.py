@@ -192,13 +192,29 @@ def process_tree(root: int) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """utime+stime (fields 14, 15) of the given live processes, in seconds."""
-    total = 0
+    """CPU time (user + system) of the given live processes, in seconds: the scheduler's
+    own count in nanoseconds (/proc/PID/schedstat, first field), else utime+stime of
+    /proc/PID/stat. The latter is counted in clock ticks (10 ms) by sampling which process
+    runs at each tick: for a dozen processes at a few per cent of a core that is a
+    statistical estimate off by ±15% over an 8 s round, where the proxies differ by less."""
+    total = 0.0
     for pid in pids:
+        ns = _runtime_ns(pid)
+        if ns is not None:
+            total += ns / 1e9
+            continue
         f = _stat_fields(pid)
         if f:
-            total += int(f[11]) + int(f[12])
-    return total / _CLK_TCK
+            total += (int(f[11]) + int(f[12])) / _CLK_TCK
+    return total
+
+
+def _runtime_ns(pid: int) -> int | None:
+    try:
+        first = Path(f"/proc/{pid}/schedstat").read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+    return int(first) if first.isdigit() else None
 
 
 def comm(pid: int) -> str:
