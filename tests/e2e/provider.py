@@ -125,8 +125,10 @@ class ProviderRegistrar(KamailioProcess):
                 for line in self.log().splitlines() if "E2E-" + kind + "|" in line]
 
     # --- runtime control and state
-    def set_register_reply(self, reply: str | int | None) -> None:
-        """None: normal; 'drop': ignore REGISTERs; a code (503): answer every REGISTER with it."""
+    def set_register_reply(self, reply: str | int | None, reason: str | None = None) -> None:
+        """None: normal; 'drop': ignore REGISTERs; a code (503): answer every REGISTER with it
+        (and `reason` as its reason phrase)."""
+        self.rpc("htable.sets", "ctl", "register_reason", "s:" + (reason or ""))
         self.rpc("htable.sets", "ctl", "register_reply", "s:" + ("" if reply is None else str(reply)))
 
     def set_invite_reply(self, reply: str | int | None) -> None:

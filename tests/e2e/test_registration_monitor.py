@@ -162,6 +162,21 @@ def test_register_below_min_expires_is_failed_with_min_expires(make_provider, ma
     assert reg["expires"] == 120 and reg["min_expires"] is None  # forgotten after a success
 
 
+def test_event_longer_than_a_batch_reaches_the_monitor(provider, make_endpoint, sipp):
+    # route TICK joins queued events in Kamailio's 8 KB pv_printf buffer; one that does not
+    # fit (a provider's reason phrase of almost 8 KB) is sent on its own, not lost
+    reason = "Temporarily Unavailable " + "x" * 7876
+    run = _endpoint(make_endpoint, provider.hostport)
+    port = free_port()
+    provider.set_register_reply(503, reason)
+    assert not _register(sipp, run, local_port=port).ok
+    reg = _wait_state(run, "failed")
+    assert reg["last_code"] == 503 and reg["last_reason"] == reason
+    provider.set_register_reply(None)
+    _register(sipp, run, local_port=port).assert_ok()  # the events after it still arrive
+    assert _wait_state(run, "registered")["last_code"] == 200
+
+
 def test_deregister_is_unregistered(provider, make_endpoint, sipp):
     run = _endpoint(make_endpoint, provider.hostport)
     port = free_port()

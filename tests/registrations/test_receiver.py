@@ -64,7 +64,7 @@ async def test_queued_values_from_kamailio_are_completed_into_events(short_dir, 
     try:
         fields = encode_event(EVENT).decode()[1:-1]
         fields = ",".join(f for f in fields.split(",") if not f.startswith(('"ts"', '"call_id"', '"cseq"')))
-        send(short_dir / "ev.sock", f"{fields}||7 1764300002.5 c9@pbx\n{fields}||x 1 c9\n\xff||1 1 c\n".encode("latin-1"))
+        send(short_dir / "ev.sock", f"{fields}|7 1764300002.5 c9@pbx\n{fields}|x 1 c9\n\xff|1 1 c\n".encode("latin-1"))
         await _until(lambda: receiver.received + receiver.malformed == 3)
         assert got == [RegisterRequest(KEY, 1764300002.5, "c9@pbx", 7, 3600)]
         assert receiver.malformed == 2  # a CSeq that is not a number; not UTF-8

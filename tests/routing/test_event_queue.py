@@ -1,10 +1,10 @@
-"""The REGISTER event queue's values -> JSON lines -> datagrams the control plane parses."""
+"""The REGISTER event queue's values -> the JSON lines the control plane parses."""
 from __future__ import annotations
 
 import json
 
 from trunkproxy.registrations.events import RegisterReply, parse_event
-from trunkproxy.routing.event_queue import datagrams, event_line, queue_value
+from trunkproxy.routing.event_queue import event_line, queue_value
 
 FIELDS = json.dumps({"event": "register_reply", "endpoint": "iflo", "aor": "sip:4930111@tel.example.test",
                      "registrar": "tel.example.test", "flow": "udp:127.0.0.1:5062", "provider": "udp:127.0.0.1:5070",
@@ -36,12 +36,3 @@ def test_complete_events_pass_and_broken_values_are_dropped():
     for broken in ("", "no separator", f"{FIELDS}|x 1.0 cid", f"{FIELDS}|1 notatime cid", f"{FIELDS}|1 1.0 ",
                    "|1 1.0 cid", f"{FIELDS}||1 1.0 cid", f"{FIELDS}|<sip:a@b>|1 1.0 cid"):
         assert event_line(broken) is None, broken
-
-
-def test_datagrams_hold_whole_lines_up_to_the_limit():
-    lines = [f'{{"n":{i}}}' for i in range(10)]  # 8 bytes each
-    grams = list(datagrams(lines, 30))
-    assert all(len(g) <= 30 for g in grams)
-    assert b"\n".join(grams).split(b"\n") == [line.encode() for line in lines]
-    assert list(datagrams(["x" * 50], 30)) == [b"x" * 50]  # too long: alone, never cut
-    assert list(datagrams([], 30)) == []

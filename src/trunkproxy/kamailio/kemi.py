@@ -19,7 +19,7 @@ from typing import NamedTuple
 import KSR  # type: ignore[import-not-found]  # provided by app_python3
 
 from trunkproxy.routing import decide
-from trunkproxy.routing.event_queue import datagrams, queue_value
+from trunkproxy.routing.event_queue import queue_value
 from trunkproxy.routing.register_memo import (Registration, parse_registration, registration_value, reply_memo,
                                                request_memo)
 from trunkproxy.routing.registration_events import aor_of, granted_expires, requested_expires
@@ -33,8 +33,6 @@ _RELOAD_CHECK_S = 1.0
 # clears a table after storing this many entries into it.
 _NATIVE_CACHE_STORES = 10000
 _EVENT_QUEUE = "tp_ev"  # what is queued: trunkproxy.routing.event_queue
-_TICK_MAX_EVENTS = 20000
-_DATAGRAM_BYTES = 60000
 
 
 def _request_entry(method):
@@ -320,7 +318,8 @@ class Router:
         return fragment
 
     def tick(self, msg) -> int:
-        """rtimer, in its own process: publish changed settings, send the queued events."""
+        """rtimer, in its own process: publish changed settings, send what is left of the
+        batch of queued events route TICK joined."""
         try:
             self._current()
             now = time.monotonic()
@@ -334,27 +333,29 @@ class Router:
             elif self._second_reset_at is not None and now >= self._second_reset_at:
                 KSR.htable.sht_reset("tp_dec")
                 self._second_reset_at = None
-            self._drain()
+            self._send(KSR.pv.get("$var(events)"))  # the rest of route TICK's batch
         except Exception:  # noqa: BLE001 - the timer must keep running
             KSR.err(f"trunkproxy: tick failed: {traceback.format_exc()}\n")
         return 1
 
-    def _drain(self) -> None:
-        """Send the queued events as they are, one per line (the control plane parses them);
-        measured (bench.instructions) as cheap per event as a loop over the queue in the
-        native config."""
-        fetch, value_of = KSR.mqueue.mq_fetch, KSR.mqueue.mqv_get
-        values: list[str] = []
-        while len(values) < _TICK_MAX_EVENTS and fetch(_EVENT_QUEUE) > 0:
-            values.append(value_of(_EVENT_QUEUE))
+    def send_events(self, msg) -> int:
+        """Route TICK: a batch of queued events the native route joined, one per line."""
+        self._send(KSR.pv.get("$var(events)"))
+        return 1
+
+    def send_queued_event(self, msg) -> int:
+        """Route TICK: one queued event too long to join to a batch, alone."""
+        self._send(KSR.pv.get("$mqv(tp_ev)"))
+        return 1
+
+    def _send(self, events: str | None) -> None:
         path = self.settings.events_socket
-        if not (values and path):
+        if not (events and path):
             return
         try:
             if self._events is None:
                 self._events = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-            for part in datagrams(values, _DATAGRAM_BYTES):
-                self._events.sendto(part, path)
+            self._events.sendto(events.encode(), path)
         except OSError:
             pass  # the control plane is restarting; refreshes report again
 

@@ -1,4 +1,4 @@
-"""The endpoint's REGISTER event queue (Kamailio mqueue `tp_ev`) and its datagrams. Pure.
+"""The endpoint's REGISTER event queue (Kamailio mqueue `tp_ev`): what it holds. Pure.
 
 What is queued, by Python and by the native REGISTER reply route (endpoint.cfg):
 `fields|CSeq time Call-ID`. `fields` are the event's fields that do not change between two
@@ -6,14 +6,13 @@ replies to the same registration (the inside of a JSON object, holding no "|"); 
 CSeq, time and Call-ID of the message at hand. A value that is already a complete JSON object
 is passed on as it is.
 
-The timer process (route TICK) sends the queued values as they are, one per line, in datagrams
-of at most `limit` bytes; the control plane turns each into its JSON line (`event_line`)
+The timer process (route TICK) sends the queued values as they are, one per line, many per
+datagram; the control plane turns each into its JSON line (`event_line`)
 (docs/registrations.md).
 """
 from __future__ import annotations
 
 import json
-from typing import Iterable, Iterator
 
 
 def queue_value(fields_json: str, cseq: int | str, ts: float | str, call_id: str) -> str:
@@ -36,18 +35,3 @@ def event_line(value: str) -> str | None:
 def _is_number(text: str) -> bool:
     head, _dot, tail = text.partition(".")
     return head.isdigit() and (not tail or tail.isdigit())
-
-
-def datagrams(lines: Iterable[str], limit: int) -> Iterator[bytes]:
-    """Lines joined by newlines into datagrams of at most `limit` bytes (a longer line alone)."""
-    batch: list[bytes] = []
-    size = 0
-    for line in lines:
-        data = line.encode()
-        if batch and size + len(data) + 1 > limit:
-            yield b"\n".join(batch)
-            batch, size = [], 0
-        batch.append(data)
-        size += len(data) + 1
-    if batch:
-        yield b"\n".join(batch)
