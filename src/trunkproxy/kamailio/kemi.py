@@ -161,11 +161,11 @@ class Router:
             return
         if decision.alternates and not decision.dst_uri:
             return
-        fields = (decision.send_socket, decision.contact or "", decision.record_route or "",
+        socket_name = self.settings.socket_name_of(decision.send_socket)
+        fields = (socket_name or "", decision.contact or "", decision.record_route or "",
                   decision.dst_uri or "", " ".join(decision.alternates))
-        if any("|" in f for f in fields):
-            return
-        self._store("tp_dec", native_key, "|".join(fields))
+        if socket_name and not any("|" in f for f in fields):
+            self._store("tp_dec", native_key, "|".join(fields))
 
     def _memoise_register(self, native_key: str, decision: decide.Relay, registration: str) -> None:
         """Store a REGISTER's decision for route REGISTER_FROM_PBX (routing.register_memo)."""
@@ -181,12 +181,13 @@ class Router:
         """Store a decision on a request from outside for route FROM_PROVIDER_CACHED."""
         if not isinstance(decision, decide.Relay) or decision.ruri is None or decision.dst_uri is None:
             return
-        flags = ("R" if decision.record_route == "" else "") + ("O" if decision.on_reply == "reply_from_pbx" else "")
         if decision.record_route or decision.on_failure or decision.alternates or decision.contact or decision.path:
             return  # not something route FROM_PROVIDER_CACHED replays
-        fields = (decision.send_socket, decision.dst_uri, decision.ruri,
-                  "=" if remaining_route is None else remaining_route, flags)
-        if not any("|" in f for f in fields):
+        socket_name = self.settings.socket_name_of(decision.send_socket)
+        flags = ((1 if decision.record_route == "" else 0) | (2 if decision.on_reply == "reply_from_pbx" else 0)
+                 | (4 if remaining_route is not None else 0))
+        fields = (socket_name or "", decision.dst_uri, decision.ruri, remaining_route or "", str(flags))
+        if socket_name and not any("|" in f for f in fields):
             self._store("tp_dec", KSR.pv.get("$var(dk)") or "", "|".join(fields))
 
     def _store(self, table: str, key: str, value: str) -> None:
