@@ -55,3 +55,18 @@ def test_bad_vectors_raise_event_error(path):
 
 def test_event_error_is_a_value_error():
     assert issubclass(EventError, ValueError)
+
+
+def test_queued_values_of_one_registration_differ_only_in_their_message():
+    # the fields of a registration's refreshes are parsed once and reused: the CSeq, time and
+    # Call-ID must still be each message's own, and a bad fields part fails every time
+    fields = encode_event(parse_event((VECTORS / "reply_200_ok.json").read_bytes())).decode()[1:-1]
+    fields = ",".join(f for f in fields.split(",") if not f.startswith(('"ts"', '"call_id"', '"cseq"')))
+    first = parse_event(f"{fields}|7 1764300000 a@pbx".encode())
+    second = parse_event(f"{fields}|8 1764300060.5 b@pbx".encode())
+    assert (first.cseq, first.ts, first.call_id) == (7, 1764300000.0, "a@pbx")
+    assert (second.cseq, second.ts, second.call_id) == (8, 1764300060.5, "b@pbx")
+    assert first.key == second.key and first.code == second.code == 200
+    for _ in range(2):
+        with pytest.raises(EventError):
+            parse_event(b'"event":"register_reply","code":"200"|1 1 c@pbx')

@@ -16,11 +16,12 @@ it is what the provider granted. `local: true` marks a reply Kamailio generated 
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from trunkproxy.routing.event_queue import event_line
+from trunkproxy.routing.event_queue import split_value
 
 
 class EventError(ValueError):
@@ -109,11 +110,36 @@ def parse_event(datagram: bytes) -> RegisterEvent:
     (`trunkproxy.routing.event_queue`); raises `EventError` when it is not a well-formed
     REGISTER event."""
     try:
-        line = event_line(datagram.decode("utf-8"))
-        if line is None:
-            raise EventError("neither a JSON object nor a queued event value")
-        data = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = datagram.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventError(f"not UTF-8 JSON: {exc}") from exc
+    if text.startswith("{"):
+        return _parse_json(text)
+    parts = split_value(text)
+    if parts is None:
+        raise EventError("neither a JSON object nor a queued event value")
+    fields, cseq, ts, call_id = parts
+    # the fields of one registration's refreshes repeat verbatim: parsed and checked once
+    return _at(_parsed_fields(fields), ts, call_id, cseq)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parsed_fields(fields: str) -> RegisterEvent:
+    return _parse_json(f'{{{fields},"cseq":0,"ts":0,"call_id":"-"}}')
+
+
+def _at(event: RegisterEvent, ts: float, call_id: str, cseq: int) -> RegisterEvent:
+    """`event` for another message of the same registration (frozen: a copy)."""
+    if isinstance(event, RegisterReply):
+        return RegisterReply(event.key, ts, call_id, cseq, event.code, event.reason, event.expires,
+                             event.min_expires, event.local, event.provider, event.socket)
+    return RegisterRequest(event.key, ts, call_id, cseq, event.expires)
+
+
+def _parse_json(text: str) -> RegisterEvent:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise EventError(f"not UTF-8 JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise EventError("not a JSON object")

@@ -20,16 +20,25 @@ def queue_value(fields_json: str, cseq: int | str, ts: float | str, call_id: str
     return f"{fields_json}|{cseq} {ts} {call_id}"
 
 
-def event_line(value: str) -> str | None:
-    """The JSON line for one queued value; None when it cannot be one (dropped)."""
-    if value.startswith("{"):
-        return value
+def split_value(value: str) -> tuple[str, int, float, str] | None:
+    """(fields, CSeq, time, Call-ID) of a queued value; None when it is not one."""
     fields, _sep, seen = value.partition("|")
     cseq, _sp, rest = seen.partition(" ")
     ts, _sp, call_id = rest.partition(" ")
     if not (fields and cseq.isdigit() and _is_number(ts) and call_id):
         return None
-    return f'{{{fields},"cseq":{cseq},"ts":{ts},"call_id":{json.dumps(call_id)}}}'
+    return fields, int(cseq), float(ts), call_id
+
+
+def event_line(value: str) -> str | None:
+    """The JSON line for one queued value; None when it cannot be one (dropped)."""
+    if value.startswith("{"):
+        return value
+    parts = split_value(value)
+    if parts is None:
+        return None
+    fields, cseq, ts, call_id = parts
+    return f'{{{fields},"cseq":{cseq},"ts":{ts!r},"call_id":{json.dumps(call_id)}}}'
 
 
 def _is_number(text: str) -> bool:
