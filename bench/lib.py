@@ -518,7 +518,11 @@ def trunkproxy_command() -> list[str]:
 
 @dataclass
 class Trunkproxy(Target):
-    """(c) `trunkproxy -c FILE run`, one interface endpoint on lo, the provider pinned to the UAS."""
+    """(c) `trunkproxy -c FILE run`, one interface endpoint on lo, the provider pinned to the UAS.
+    `control_plane_cpus`: once Kamailio runs, move the control plane (every thread of the
+    `trunkproxy run` process) to these CPUs; None: it stays on the proxy's."""
+
+    control_plane_cpus: str | None = None
 
     def toml(self, state_dir: Path) -> str:
         return "\n".join([
@@ -558,6 +562,10 @@ class Trunkproxy(Target):
                                          start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         _wait_ping(self.internal_port, self.proc, 30, "trunkproxy", self.log,
                    extra=lambda: "trunkproxy running" in self.log.read_text(errors="replace"))
+        if self.control_plane_cpus:
+            cpus = {int(c) for c in self.control_plane_cpus.split(",")}
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                os.sched_setaffinity(int(task.name), cpus)
 
     def stop(self) -> None:
         stop_process(self.proc, timeout=10)
@@ -649,10 +657,13 @@ class GeneratedEndpoint(KamailioTarget):
                      env=dict(os.environ, TRUNKPROXY_ENDPOINT_SETTINGS=str(resolved.settings_path), **self.env))
 
 
-def make_targets(keys: list[str], workers: int, proxy_cpus: str | None, shm_mb: int = SHM_MB) -> list[Target]:
+def make_targets(keys: list[str], workers: int, proxy_cpus: str | None, shm_mb: int = SHM_MB,
+                 control_plane_cpus: str | None = None) -> list[Target]:
     targets = _make_targets(keys, workers, proxy_cpus)
     for t in targets:
         t.shm_mb = shm_mb
+        if isinstance(t, Trunkproxy):
+            t.control_plane_cpus = control_plane_cpus
     return targets
 
 

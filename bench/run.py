@@ -259,6 +259,9 @@ def parse_args(argv: list[str] | None = None):
                    help="Kamailio shared memory for b and c (trunkproxy: [proxy] shm_mb); ~150 KB per call/s")
     p.add_argument("--proxy-cpus", default="1", help="taskset CPU list for the proxies ('' = no pinning)")
     p.add_argument("--sipp-cpus", default="0", help="taskset CPU list for SIPp ('' = no pinning)")
+    p.add_argument("--control-plane-cpus", default=None,
+                   help="move trunkproxy's control plane to these CPUs once its Kamailio runs (default: it "
+                        "shares the proxy's)")
     p.add_argument("--no-search", action="store_true", help="skip the max-rate search")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU-per-call rounds")
     p.add_argument("--start-rate", type=float, default=1000)
@@ -309,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = []
     for run_no in range(args.runs):
         log(f"run {run_no + 1}/{args.runs}")
-        targets = lib.make_targets(keys, args.workers, args.proxy_cpus, args.shm_mb)
+        targets = lib.make_targets(keys, args.workers, args.proxy_cpus, args.shm_mb, args.control_plane_cpus)
         run: dict = {"rates": {}, "cpu": {}}
         for flow in flows:
             if not args.no_search:
