@@ -150,6 +150,9 @@ def counted_run(key: str, flow: str, ops: int, args, workdir: Path) -> dict:
         if uas.proc:
             lib.stop_process(uas.proc, 2)
         target.stop()
+    if ops and flow == "register" and isinstance(target, lib.GeneratedEndpoint) and not target.events_received:
+        # what is measured includes sending the events: it must have happened
+        raise RuntimeError(f"{key}: no REGISTER event reached the event socket; logs in {d}")
     by_role: dict[str, int] = {}
     functions: dict[str, int] = {}  # "role: function"
     for path in out_dir.glob("cg.*"):

@@ -1,10 +1,13 @@
-"""The REGISTER event queue's values -> the JSON lines the control plane parses."""
+"""The REGISTER event queue's values -> the events the control plane parses from them."""
 from __future__ import annotations
 
 import json
 
-from trunkproxy.registrations.events import RegisterReply, parse_event
-from trunkproxy.routing.event_queue import event_line, queue_value
+import pytest
+
+from trunkproxy.registrations.events import (EventError, RegisterReply, RegisterRequest, RegistrationKey, encode_event,
+                                             parse_event)
+from trunkproxy.routing.event_queue import queue_value, split_value
 
 FIELDS = json.dumps({"event": "register_reply", "endpoint": "iflo", "aor": "sip:4930111@tel.example.test",
                      "registrar": "tel.example.test", "flow": "udp:127.0.0.1:5062", "provider": "udp:127.0.0.1:5070",
@@ -13,8 +16,7 @@ FIELDS = json.dumps({"event": "register_reply", "endpoint": "iflo", "aor": "sip:
 
 
 def test_a_replayed_reply_becomes_the_event_the_monitor_reads():
-    line = event_line(queue_value(FIELDS, "7", "1764300000.25", 'odd"call\\id@pbx'))
-    event = parse_event(line.encode())
+    event = parse_event(queue_value(FIELDS, "7", "1764300000.25", 'odd"call\\id@pbx').encode())
     assert isinstance(event, RegisterReply)
     assert (event.code, event.expires, event.cseq, event.ts) == (200, 600, 7, 1764300000.25)
     assert event.call_id == 'odd"call\\id@pbx'  # escaped, not trusted to be JSON-safe
@@ -24,15 +26,17 @@ def test_a_replayed_reply_becomes_the_event_the_monitor_reads():
 def test_the_native_routes_format_matches():
     # endpoint.cfg queues the memoised reply's fields ("fields|restored Contact" or "fields")
     # as "$(var(r){s.select,0,|})|$cs $TV(Sn) $ci"
-    line = event_line(f"{FIELDS}|2 1764300000.123456 a84b4c76e66710@10.0.0.1")
-    event = parse_event(line.encode())
+    event = parse_event(f"{FIELDS}|2 1764300000.123456 a84b4c76e66710@10.0.0.1".encode())
     assert (event.cseq, event.ts, event.call_id) == (2, 1764300000.123456, "a84b4c76e66710@10.0.0.1")
     assert event.code == 200
 
 
 def test_complete_events_pass_and_broken_values_are_dropped():
-    full = '{"event":"register_request"}'
-    assert event_line(full) == full
+    full = RegisterRequest(RegistrationKey("iflo", "sip:4930111@tel.example.test", "tel.example.test",
+                                           "udp:127.0.0.1:5062"), 1764300000.5, "c@pbx", 3, 600)
+    assert parse_event(encode_event(full)) == full  # a complete JSON object is read as it is
     for broken in ("", "no separator", f"{FIELDS}|x 1.0 cid", f"{FIELDS}|1 notatime cid", f"{FIELDS}|1 1.0 ",
                    "|1 1.0 cid", f"{FIELDS}||1 1.0 cid", f"{FIELDS}|<sip:a@b>|1 1.0 cid"):
-        assert event_line(broken) is None, broken
+        assert split_value(broken) is None, broken
+        with pytest.raises(EventError):
+            parse_event(broken.encode())

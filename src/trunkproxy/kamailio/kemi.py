@@ -162,9 +162,11 @@ class Router:
         if decision.alternates and not decision.dst_uri:
             return
         socket_name = self.settings.socket_name_of(decision.send_socket)
-        fields = (socket_name or "", decision.contact or "", decision.record_route or "",
+        if socket_name is None:
+            return
+        fields = (socket_name, decision.contact or "", decision.record_route or "",
                   decision.dst_uri or "", " ".join(decision.alternates))
-        if socket_name and not any("|" in f for f in fields):
+        if not any("|" in f for f in fields):
             self._store("tp_dec", native_key, "|".join(fields))
 
     def _memoise_register(self, native_key: str, decision: decide.Relay, registration: str) -> None:
@@ -172,8 +174,9 @@ class Router:
         if not native_key or decision.ruri is not None or not (decision.dst_uri and decision.contact):
             return
         socket_name = self.settings.socket_name_of(decision.send_socket)
-        value = request_memo(socket_name, decision.dst_uri, registration, decision.contact, decision.path) \
-            if socket_name else None
+        if socket_name is None:
+            return
+        value = request_memo(socket_name, decision.dst_uri, registration, decision.contact, decision.path)
         if value is not None:
             self._store("tp_dec", native_key, value)
 
@@ -184,10 +187,12 @@ class Router:
         if decision.record_route or decision.on_failure or decision.alternates or decision.contact or decision.path:
             return  # not something route FROM_PROVIDER_CACHED replays
         socket_name = self.settings.socket_name_of(decision.send_socket)
+        if socket_name is None:
+            return
         flags = ((1 if decision.record_route == "" else 0) | (2 if decision.on_reply == "reply_from_pbx" else 0)
                  | (4 if remaining_route is not None else 0))
-        fields = (socket_name or "", decision.dst_uri, decision.ruri, remaining_route or "", str(flags))
-        if socket_name and not any("|" in f for f in fields):
+        fields = (socket_name, decision.dst_uri, decision.ruri, remaining_route or "", str(flags))
+        if not any("|" in f for f in fields):
             self._store("tp_dec", KSR.pv.get("$var(dk)") or "", "|".join(fields))
 
     def _store(self, table: str, key: str, value: str) -> None:

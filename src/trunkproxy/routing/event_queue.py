@@ -7,12 +7,10 @@ CSeq, time and Call-ID of the message at hand. A value that is already a complet
 is passed on as it is.
 
 The timer process (route TICK) sends the queued values as they are, one per line, many per
-datagram; the control plane turns each into its JSON line (`event_line`)
-(docs/registrations.md).
+datagram; the control plane splits each (`split_value`) and reads its fields as the JSON
+event they are the inside of (trunkproxy.registrations.events, docs/registrations.md).
 """
 from __future__ import annotations
-
-import json
 
 
 def queue_value(fields_json: str, cseq: int | str, ts: float | str, call_id: str) -> str:
@@ -28,17 +26,6 @@ def split_value(value: str) -> tuple[str, int, float, str] | None:
     if not (fields and cseq.isdigit() and _is_number(ts) and call_id):
         return None
     return fields, int(cseq), float(ts), call_id
-
-
-def event_line(value: str) -> str | None:
-    """The JSON line for one queued value; None when it cannot be one (dropped)."""
-    if value.startswith("{"):
-        return value
-    parts = split_value(value)
-    if parts is None:
-        return None
-    fields, cseq, ts, call_id = parts
-    return f'{{{fields},"cseq":{cseq},"ts":{ts!r},"call_id":{json.dumps(call_id)}}}'
 
 
 def _is_number(text: str) -> bool:

@@ -13,8 +13,8 @@ rewrite):
 - the registration, kept in the transaction (`$avp(tp_rid)`) for the reply and failure
   routes: `flow registrar socket To-URI[ failover hop...]`, separated by spaces (none of
   them can hold one: addresses, a host name, URIs, whose spaces would be escaped);
-- the reply: `event fields|the PBX's Contact value restored` for a 2xx, `event fields` for
-  a 401/407 (nothing to restore).
+- the reply: `event fields|the PBX's Contact value restored` for a 2xx (the native route
+  looks up only 200s), `event fields` for a 401/407 (nothing to restore).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from trunkproxy.routing import decide
-from trunkproxy.routing.event_queue import event_line, queue_value
+from trunkproxy.routing.event_queue import queue_value
 from trunkproxy.routing.register_memo import Registration, registration_value, reply_memo, request_memo
 from trunkproxy.routing.registration_events import aor_of, granted_expires, requested_expires
 from trunkproxy.routing.settings import EndpointSettings
@@ -51,7 +51,7 @@ def rehearse(settings: EndpointSettings) -> int:
                 request_memo(settings.socket_name_of(decision.send_socket) or "-", decision.dst_uri, registration,
                              decision.contact, decision.path)
             reply_memo(fields, 200, contact, True)
-            event_line(queue_value(fields, 1, "1.0", "warmup"))
+            queue_value(fields, 1, "1.0", "warmup")
         elif decision.contact:
             address = parse_name_addr(decision.contact)
             if address is not None:
