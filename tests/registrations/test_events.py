@@ -62,11 +62,11 @@ def test_queued_values_of_one_registration_differ_only_in_their_message():
     # Call-ID must still be each message's own, and a bad fields part fails every time
     fields = encode_event(parse_event((VECTORS / "reply_200_ok.json").read_bytes())).decode()[1:-1]
     fields = ",".join(f for f in fields.split(",") if not f.startswith(('"ts"', '"call_id"', '"cseq"')))
-    first = parse_event(f"{fields}|7 1764300000 a@pbx".encode())
-    second = parse_event(f"{fields}|8 1764300060.5 b@pbx".encode())
+    first = parse_event(f"{fields}|<sip:pbx@10.0.0.5>;expires=60|7 a@pbx".encode(), 1764300000)
+    second = parse_event(f"{fields}||8 b@pbx".encode(), 1764300060.5)
     assert (first.cseq, first.ts, first.call_id) == (7, 1764300000.0, "a@pbx")
     assert (second.cseq, second.ts, second.call_id) == (8, 1764300060.5, "b@pbx")
     assert first.key == second.key and first.code == second.code == 200
     for _ in range(2):
         with pytest.raises(EventError):
-            parse_event(b'"event":"register_reply","code":"200"|1 1 c@pbx')
+            parse_event(b'"event":"register_reply","code":"200"||1 c@pbx', 1.0)

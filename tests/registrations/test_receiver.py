@@ -57,17 +57,21 @@ async def test_a_batch_datagram_carries_events_one_per_line(short_dir, send):
 
 
 async def test_queued_values_from_kamailio_are_completed_into_events(short_dir, send):
-    """Route TICK sends the event queue's values as they are: fields, then CSeq, time, Call-ID."""
+    """Route TICK sends the event queue's values as they are (fields, restored Contact, CSeq and
+    Call-ID) after a line with the batch's time; a batch without one takes the time it arrived."""
     got = []
-    receiver = EventReceiver(short_dir / "ev.sock", got.append)
+    receiver = EventReceiver(short_dir / "ev.sock", got.append, clock=lambda: 1764300009.0)
     await receiver.start()
     try:
         fields = encode_event(EVENT).decode()[1:-1]
         fields = ",".join(f for f in fields.split(",") if not f.startswith(('"ts"', '"call_id"', '"cseq"')))
-        send(short_dir / "ev.sock", f"{fields}|7 1764300002.5 c9@pbx\n{fields}|x 1 c9\n\xff|1 1 c\n".encode("latin-1"))
+        send(short_dir / "ev.sock", f"@1764300002.5\n{fields}|<sip:p@h>|7 c9@pbx\n{fields}||x c9\n\xff||1 c\n".encode("latin-1"))
         await _until(lambda: receiver.received + receiver.malformed == 3)
         assert got == [RegisterRequest(KEY, 1764300002.5, "c9@pbx", 7, 3600)]
         assert receiver.malformed == 2  # a CSeq that is not a number; not UTF-8
+        send(short_dir / "ev.sock", f"{fields}||8 c9@pbx".encode())
+        await _until(lambda: len(got) == 2)
+        assert got[1].cseq == 8 and got[1].ts == 1764300009.0
     finally:
         await receiver.stop()
 

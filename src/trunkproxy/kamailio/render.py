@@ -141,7 +141,9 @@ def kamailio_cfg(config: Config, resolved: ResolvedEndpoint, aliases: list[str] 
         "RUN_DIR": str(resolved.run_dir),
         "FR_TIMER": str(config.proxy.provider_timeout_ms),
         "FR_INV_TIMER": str(config.proxy.invite_timeout_ms),
-        "KNOWN_TTL": "7200",
+        # a provider is known while a memoised reply to it can be replayed (the replay does
+        # not mark it again)
+        "KNOWN_TTL": str(NATIVE_CACHE_TTL_S),
         "CACHE_TTL": str(NATIVE_CACHE_TTL_S),
         "DIALOG_TTL": str(DIALOG_TIMEOUT_S),
         "TICK_US": str(TICK_INTERVAL_MS * 1000),

@@ -105,10 +105,10 @@ def _seconds(data: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def parse_event(datagram: bytes) -> RegisterEvent:
+def parse_event(datagram: bytes, batch_time: float | None = None) -> RegisterEvent:
     """Decode one event: a JSON object, or a value as the endpoint's event queue holds it
-    (`trunkproxy.routing.event_queue`); raises `EventError` when it is not a well-formed
-    REGISTER event."""
+    (`trunkproxy.routing.event_queue`), which takes `batch_time` (the time of the batch it came
+    in); raises `EventError` when it is not a well-formed REGISTER event."""
     try:
         text = datagram.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -118,7 +118,10 @@ def parse_event(datagram: bytes) -> RegisterEvent:
     parts = split_value(text)
     if parts is None:
         raise EventError("neither a JSON object nor a queued event value")
-    fields, cseq, ts, call_id = parts
+    if batch_time is None:
+        raise EventError("a queued event value outside a batch (it has no time)")
+    fields, cseq, call_id = parts
+    ts = batch_time
     # the fields of one registration's refreshes repeat verbatim: parsed and checked once
     return _at(_parsed_fields(fields), ts, call_id, cseq)
 

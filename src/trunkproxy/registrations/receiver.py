@@ -1,7 +1,8 @@
 """The unix datagram socket that Kamailio's Python sends REGISTER events to.
 
 The only I/O of the event path: datagrams in (one event, or a batch of events one per line:
-JSON objects or event queue values), parsed events handed to `on_event`. A malformed
+JSON objects or event queue values, the latter after a line stating the batch's time),
+parsed events handed to `on_event`. A malformed
 datagram (or an `on_event` that raises) is logged and counted, never allowed to stop the socket.
 """
 from __future__ import annotations
@@ -11,10 +12,12 @@ import logging
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Callable
 
 from trunkproxy.registrations.events import EventError, RegisterEvent, parse_event
+from trunkproxy.routing.event_queue import batch_time
 
 log = logging.getLogger("trunkproxy.registrations")
 
@@ -43,9 +46,10 @@ class EventReceiver:
     """
 
     def __init__(self, socket_path: Path | str, on_event: Callable[[RegisterEvent], None], *,
-                 mode: int = 0o660) -> None:
+                 mode: int = 0o660, clock: Callable[[], float] = time.time) -> None:
         self.socket_path = Path(socket_path)
         self._on_event = on_event
+        self._clock = clock
         self._mode = mode
         self._transport: asyncio.DatagramTransport | None = None
         self.received = 0
@@ -82,14 +86,20 @@ class EventReceiver:
 
     def _datagram(self, data: bytes) -> None:
         # a datagram carries one event or a batch of them, one per line (parse_event reads
-        # both forms: a JSON object, a value as Kamailio's event queue holds it)
-        for line in data.split(b"\n"):
+        # both forms: a JSON object, a value as Kamailio's event queue holds it); queued
+        # values take the time the batch states, else the time it arrived
+        lines = data.split(b"\n")
+        stated = batch_time(lines[0].decode("ascii", "replace")) if lines[0].startswith(b"@") else None
+        if stated is not None:
+            del lines[0]
+        when = stated if stated is not None else self._clock()
+        for line in lines:
             if line.strip():
-                self._line(line)
+                self._line(line, when)
 
-    def _line(self, data: bytes) -> None:
+    def _line(self, data: bytes, when: float) -> None:
         try:
-            event = parse_event(data)
+            event = parse_event(data, when)
         except EventError as exc:
             self.malformed += 1
             log.warning("dropped malformed REGISTER event (%s): %r", exc, data[:200])

@@ -51,7 +51,7 @@ def rehearse(settings: EndpointSettings) -> int:
                 request_memo(settings.socket_name_of(decision.send_socket) or "-", decision.dst_uri, registration,
                              decision.contact, decision.path)
             reply_memo(fields, 200, contact, True)
-            queue_value(fields, 1, "1.0", "warmup")
+            queue_value(fields, 1, "warmup")
         elif decision.contact:
             address = parse_name_addr(decision.contact)
             if address is not None:
