@@ -1,5 +1,6 @@
 """The generated Kamailio config is accepted by the real Kamailio (`kamailio -c`)."""
 import json
+import re
 import shutil
 import subprocess
 
@@ -48,3 +49,12 @@ def test_settings_round_trip_with_live_overrides(tmp_path):
 def test_missing_interface_is_named():
     with pytest.raises(InterfaceError, match="'ens99' does not exist"):
         interface_address("ens99")
+
+
+def test_a_provider_stays_known_as_long_as_its_memoised_reply(tmp_path):
+    # a replayed 2xx/401 does not mark its source known again: the mark must outlive the memo
+    config = _config(tmp_path)
+    resolved = resolve_endpoint(config, config.endpoints[0])
+    text = kamailio_cfg(config, resolved, [])
+    expiry = {name: int(ttl) for name, ttl in re.findall(r'"(tp_\w+)=>size=\d+;autoexpire=(\d+);"', text)}
+    assert expiry["tp_known"] >= expiry["tp_rep"] > 0
