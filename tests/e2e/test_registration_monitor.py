@@ -13,6 +13,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from trunkproxy.kamailio.render import PV_BUFFER_BYTES
+
 from .endpoint import ProviderPin
 from .procs import free_port, wait_until
 
@@ -163,9 +165,9 @@ def test_register_below_min_expires_is_failed_with_min_expires(make_provider, ma
 
 
 def test_event_longer_than_a_batch_reaches_the_monitor(provider, make_endpoint, sipp):
-    # route TICK joins queued events in Kamailio's 8 KB pv_printf buffer; one that does not
-    # fit (a provider's reason phrase of almost 8 KB) is sent on its own, not lost
-    reason = "Temporarily Unavailable " + "x" * 7876
+    # route TICK joins queued events in Kamailio's pv_printf buffer; one that does not fit
+    # even alone (a provider's reason phrase that long) is sent on its own, not lost
+    reason = "Temporarily Unavailable " + "x" * PV_BUFFER_BYTES
     run = _endpoint(make_endpoint, provider.hostport)
     port = free_port()
     provider.set_register_reply(503, reason)
