@@ -109,6 +109,9 @@ def test_registered_with_the_granted_expiry_in_api_and_cli(provider, make_endpoi
     assert 590 <= reg["seconds_until_expiry"] <= 600
     assert reg["last_code"] == 200 and reg["consecutive_failures"] == 0 and reg["last_success"]
     assert reg["trunk"] is None  # no trunk store: unknown
+    metrics = _metrics(run)  # every line of Kamailio's event batches was read, none dropped
+    assert _sample(metrics, "trunkproxy_registration_events_total", result="received") >= 1
+    assert _sample(metrics, "trunkproxy_registration_events_total", result="malformed") == 0
 
     cli = _one(_cli_status(run), f"sip:4930111@{REGISTRAR}")
     assert cli["state"] == "registered" and cli["expires"] == 600 and cli["flow"] == reg["flow"]
