@@ -130,6 +130,39 @@ def test_replayed_call_fails_over_to_the_second_pinned_address(make_provider, ma
     assert decision["value"].endswith(f"|sip:{provider.hostport}")  # the alternate, replayed
 
 
+def test_replayed_register_fails_over_to_the_second_pinned_address(make_provider, make_endpoint, sipp):
+    # the failover hops of a replayed REGISTER come from the registration kept in its
+    # transaction (the failure route reads them there, not from a Python decision)
+    provider = make_provider()
+    dead = f"127.0.0.1:{free_port()}"
+    run = make_endpoint(providers=[ProviderPin(REGISTRAR, [dead, provider.hostport])], api_port=free_port())
+    port = free_port()
+    _register(sipp, run, port, timeout=30).assert_ok()
+    decided = _entries(run, "tp_dec")
+    (register,) = [e for e in decided if e["name"].startswith("REGISTER|")]
+    assert register["value"].split("|")[1] == f"sip:{dead}"  # replayed towards the dead one first
+    before = len([m for m in provider.received("REGISTER") if m.msg.is_request])
+    _register(sipp, run, port, timeout=30).assert_ok()
+    assert _entries(run, "tp_dec") == decided  # replayed, not decided again
+    assert len([m for m in provider.received("REGISTER") if m.msg.is_request]) == before + 2  # 401, then 200
+    wait_until(lambda: _registration(run).get("state") == "registered", timeout=5, message="registered")
+    assert _registration(run)["consecutive_failures"] == 0  # the dead address's timeouts were no outcome
+
+
+def test_register_answered_503_by_one_address_is_registered_by_the_next(make_provider, make_endpoint, sipp):
+    # a 5xx from the first pinned address is not the REGISTER's outcome when failover follows
+    busy, provider = make_provider(), make_provider()
+    busy.set_register_reply(503, "Service Unavailable")
+    run = make_endpoint(providers=[ProviderPin(REGISTRAR, [busy.hostport, provider.hostport])], api_port=free_port())
+    port = free_port()
+    for _ in range(2):  # decided by Python, then replayed
+        _register(sipp, run, port).assert_ok()
+    assert [m.status for m in busy.sent("REGISTER") if m.status] == [503] * 4
+    wait_until(lambda: _registration(run).get("last_code") == 200, timeout=5, message="last code 200")
+    reg = _registration(run)
+    assert reg["state"] == "registered" and reg["consecutive_failures"] == 0, reg
+
+
 def test_changed_settings_void_memoised_decisions(make_provider, make_endpoint, sipp):
     provider = make_provider()
     run = make_endpoint(providers=[ProviderPin(REGISTRAR, [provider.hostport])])

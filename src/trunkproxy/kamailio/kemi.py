@@ -14,7 +14,6 @@ import os
 import socket as _socket
 import time
 import traceback
-from typing import NamedTuple
 
 import KSR  # type: ignore[import-not-found]  # provided by app_python3
 
@@ -252,13 +251,15 @@ class Router:
         report the outcome, memoise both for the same reply to the same registration."""
         settings = self._current()
         code = int(KSR.pv.get("$rs"))
-        reg = _registration_of_transaction()
+        flow, reg, kept = _registration_of_transaction()
+        if _fails_over(code) and _next_hops(reg.alternates):
+            return 1  # one provider address failed; the failure route tries the next: no outcome yet
         expires = None
         restored = None
         contact = None
         if 200 <= code < 300:
             contact = _header("Contact")
-            expires = granted_expires(settings.secret, contact, _header("Expires"), reg.flow)
+            expires = granted_expires(settings.secret, contact, _header("Expires"), flow)
             if contact:
                 restored = decide.restore_contacts(settings.secret, contact)
                 if restored is not None:
@@ -267,14 +268,14 @@ class Router:
             contact = _header("Contact")
         min_expires = _int(_header("Min-Expires")) if code == 423 else None
         fields = _registration_fields(
-            "register_reply", settings, reg.registrar, reg.flow, reg.to_uri,
+            "register_reply", settings, reg.registrar, flow, reg.to_uri,
             provider=f"{KSR.pv.get('$pr')}:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}",
             socket=reg.socket or None, code=code, reason=KSR.pv.get("$rr"), expires=expires, min_expires=min_expires,
         )
         fragment = self._emit(fields)
         reply_key = KSR.pv.get("$var(rk)") or ""
         # keyed by the transaction's registration: none kept, nothing memoised
-        if reply_key and KSR.pv.get("$avp(tp_rid)"):
+        if reply_key and kept:
             memo = reply_memo(fragment, code, restored, bool(contact))
             if memo is not None:
                 self._store("tp_rep", reply_key, memo)
@@ -284,10 +285,11 @@ class Router:
     def register_failure(self, msg) -> int:
         """Failure route of a REGISTER: a timeout with no answer becomes a `timeout` event."""
         settings = self._current()
-        reg = _registration_of_transaction()
-        if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
+        flow, reg, _kept = _registration_of_transaction()
+        # a timeout is the REGISTER's outcome only when no provider address is left to try
+        if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0 and not _next_hops(reg.alternates):
             self._emit(_registration_fields(
-                "register_reply", settings, reg.registrar, reg.flow, reg.to_uri,
+                "register_reply", settings, reg.registrar, flow, reg.to_uri,
                 socket=reg.socket or None, code=408, reason="timeout", expires=None, min_expires=None, local=True,
             ))
         return _fail_over("register_failure", reg.alternates)
@@ -374,10 +376,8 @@ def _fail_over(route_name: str, alternates: tuple[str, ...] = ()) -> int:
     registration); $avp(tp_alt) holds those not tried yet, empty when all were."""
     if KSR.tm.t_is_canceled() > 0:
         return 1
-    remaining = KSR.pv.get("$avp(tp_alt)")
-    if remaining is None:
-        remaining = " ".join(alternates)
-    if remaining and KSR.tm.t_check_status("408|5[0-9][0-9]") > 0:
+    remaining = _next_hops(alternates)
+    if remaining and _fails_over(int(KSR.pv.get("$T_reply_code") or 0)):
         first, _sep, rest = remaining.partition(" ")
         KSR.pv.sets("$du", first)
         KSR.pv.sets("$avp(tp_alt)", rest)
@@ -387,6 +387,19 @@ def _fail_over(route_name: str, alternates: tuple[str, ...] = ()) -> int:
     if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
         KSR.tm.t_reply(503, "Service Unavailable")
     return 1
+
+
+def _next_hops(alternates: tuple[str, ...]) -> str:
+    """The provider addresses a failover has not tried yet: $avp(tp_alt) once set (empty when
+    all were tried), else all of `alternates` (a REGISTER replayed natively keeps them in its
+    registration)."""
+    remaining = KSR.pv.get("$avp(tp_alt)")
+    return " ".join(alternates) if remaining is None else remaining
+
+
+def _fails_over(code: int) -> bool:
+    """A final reply after which _fail_over tries the next provider address."""
+    return code == 408 or 500 <= code < 600
 
 
 def _int(text: str | None) -> int | None:
@@ -438,24 +451,16 @@ def _registration_fields(kind: str, settings: EndpointSettings, registrar: str, 
             "flow": str(flow), **fields}
 
 
-class _TransactionRegistration(NamedTuple):
-    flow: Flow
-    registrar: str
-    socket: str
-    to_uri: str
-    alternates: tuple[str, ...]
-
-
-def _registration_of_transaction() -> _TransactionRegistration:
-    """The registration the REGISTER of this reply or failure belongs to, from the
-    transaction's $avp(tp_rid) (trunkproxy.routing.register_memo), else from the request."""
+def _registration_of_transaction() -> tuple[Flow, Registration, bool]:
+    """The PBX's flow and the registration the REGISTER of this reply or failure belongs to,
+    and whether the transaction kept it ($avp(tp_rid), trunkproxy.routing.register_memo: the
+    reply memo is keyed by it); else read from the request."""
     reg = parse_registration(KSR.pv.get("$avp(tp_rid)"))
     flow = flow_of_text(reg.flow) if reg else None
     if reg is None or flow is None:
-        return _TransactionRegistration(
-            Flow(KSR.pv.get("$T_req($pr)") or "udp", KSR.pv.get("$T_req($si)"), int(KSR.pv.get("$T_req($sp)"))),
-            KSR.pv.get("$T_req($rd)") or "", "", KSR.pv.get("$T_req($tu)") or "", ())
-    return _TransactionRegistration(flow, reg.registrar, reg.socket, reg.to_uri, reg.alternates)
+        flow = Flow(KSR.pv.get("$T_req($pr)") or "udp", KSR.pv.get("$T_req($si)"), int(KSR.pv.get("$T_req($sp)")))
+        return flow, Registration(str(flow), KSR.pv.get("$T_req($rd)") or "", "", KSR.pv.get("$T_req($tu)") or ""), False
+    return flow, reg, True
 
 
 def _replace_header(name: str, value: str) -> None:
