@@ -36,6 +36,10 @@ class TrunkproxyRun:
     extra_toml: str = ""
     secret_hex: str | None = None  # the host secret to start with (replicas share it)
     path: bool = True  # the endpoint's `path` setting (RFC 3327 Path on REGISTERs)
+    # the endpoint's `allow_destinations` (None: not set). The default lets the suite's PBXs and
+    # providers share 127.0.0.1, which the endpoint otherwise refuses as a destination (host
+    # address, loopback, instance network): docs/routing.md, "Tenant isolation"
+    allow_destinations: list[str] | None = field(default_factory=lambda: ["127.0.0.1/32"])
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -79,6 +83,8 @@ class TrunkproxyRun:
             "keepalive_interval = 2",
             "" if self.path else "path = false",
         ]
+        if self.allow_destinations is not None:
+            lines.append("allow_destinations = [" + ", ".join(f'"{a}"' for a in self.allow_destinations) + "]")
         for pin in self.providers:
             lines.append(f'[providers."{pin.host}"]')
             lines.append("addresses = [" + ", ".join(f'"{a}"' for a in pin.addresses) + "]")

@@ -20,7 +20,7 @@ KV_KEY = "config/csphost01/system/outboundproxy"
 def consul(tmp_path):
     binary = consul_binary()
     if binary is None:
-        pytest.skip("CONSUL NOT INSTALLED: run ../shared/tools/install-consul.sh .tools/bin (test.sh does)")
+        pytest.skip("CONSUL NOT INSTALLED: run scripts/install-consul .tools/bin (test.sh does)")
     agent = ConsulAgent(binary=binary, log_path=tmp_path / "consul.log")
     agent.start()
     yield agent

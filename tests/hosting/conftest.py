@@ -121,7 +121,7 @@ class ConsulAgent:
 def consul_agent(tmp_path: Path):
     binary = consul_binary()
     if binary is None:
-        pytest.skip("CONSUL NOT INSTALLED — Consul tests SKIPPED. Run ../shared/tools/install-consul.sh .tools/bin "
+        pytest.skip("CONSUL NOT INSTALLED — Consul tests SKIPPED. Run scripts/install-consul .tools/bin "
                     "(test.sh does) and put .tools/bin on PATH")
     agent = ConsulAgent(binary=binary, log_path=tmp_path / "consul.log")
     agent.start()
