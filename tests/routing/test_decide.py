@@ -1,4 +1,6 @@
 """Routing decisions, one scenario per test, no Kamailio needed."""
+import pytest
+
 from trunkproxy.routing import decide
 from trunkproxy.routing.decide import Drop, Relay, Reply
 from trunkproxy.routing.sipuri import parse_name_addr, parse_uri
@@ -70,7 +72,9 @@ def test_inbound_call_with_valid_token_reaches_the_flow_not_the_claimed_contact(
     assert d.dst_uri == "sip:10.0.3.7:5062"
     assert d.send_socket == "udp:10.0.3.1:5060"
     assert d.ruri == "sip:4930111@192.0.2.99:5060"
-    assert d.record_route == "" and d.on_reply == "reply_from_pbx"
+    assert d.on_reply == "reply_from_pbx"
+    # record-routed, signed for the PBX it reaches: its in-dialog requests must carry it
+    assert decode_token(settings.secret, d.record_route.split(f";{TOKEN_PARAM}=")[1])[0] == PBX
 
 
 def test_provider_may_replace_the_user_part(settings):
@@ -161,3 +165,34 @@ def test_own_routes_stripped_others_kept_in_order(settings):
     assert decide.strip_own_routes(settings, "<sip:198.51.100.1;lr>, <sip:10.0.3.1:5060;lr>") == ""
     assert decide.strip_own_routes(settings, "<sip:192.0.2.7;lr>") is None
     assert decide.strip_own_routes(settings, "<sip:198.51.100.1:5999;lr>") is None  # other port
+
+
+def _signed_route(settings, flow, first="10.0.3.1", second="198.51.100.1", token=None):
+    token = token or encode_token(settings.secret, flow)
+    return (f"<sip:{first}:5060;r2=on;lr;{TOKEN_PARAM}={token}>, "
+            f"<sip:{second}:5060;r2=on;lr;{TOKEN_PARAM}={token}>")
+
+
+def test_in_dialog_route_signed_for_this_pbx_is_followed(settings):
+    assert decide.route_set_refusal(settings, _signed_route(settings, PBX), PBX.host) is None
+    # the outbound-proxy Route a PBX preloads may stand before the signed entries
+    preloaded = "<sip:10.0.3.1:5060;lr>, " + _signed_route(settings, PBX)
+    assert decide.route_set_refusal(settings, preloaded, PBX.host) is None
+    # no Route at all: the native route answers 404 itself
+    assert decide.route_set_refusal(settings, None, PBX.host) is None
+
+
+@pytest.mark.parametrize("route, why", [
+    ("<sip:10.0.3.1:5060;r2=on;lr>, <sip:198.51.100.1:5060;r2=on;lr>", "Route not signed by this endpoint"),
+    ("<sip:10.0.3.1:5060;r2=on;lr;tpt=dWRwfDEwLjAuMy43fDUwNjJ8.AAAAAAAAAAAAAAAA>",
+     "Route entry with a forged signature"),
+    ("<sip:10.0.3.9:5060;lr>", "Route not signed by this endpoint"),  # not ours at all
+])
+def test_forged_in_dialog_routes_are_refused(settings, route, why):
+    assert decide.route_set_refusal(settings, route, PBX.host) == why
+
+
+def test_a_route_signed_for_another_tenant_is_refused(settings):
+    other = Flow("udp", "10.0.3.8", 5060)
+    assert decide.route_set_refusal(settings, _signed_route(settings, other), PBX.host) == \
+        "Route signed for another instance (10.0.3.8)"

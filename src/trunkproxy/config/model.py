@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,24 @@ def _default_state_dir() -> str:
         return "/var/lib/trunkproxy"
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return os.path.join(base, "trunkproxy")
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def _allow_list(value: list[str] | None) -> list[str] | None:
+    """Each entry an IP network or address, or a host name (`*.` for its subdomains)."""
+    for entry in value or ():
+        try:
+            ipaddress.ip_network(entry, strict=False)
+            continue
+        except ValueError:
+            pass
+        name = entry.lower().removeprefix("*.").rstrip(".")
+        if not name or not all(_HOST_LABEL.match(label) for label in name.split(".")):
+            raise ValueError(f"{entry!r} is neither an IP network ('203.0.113.0/24', '192.0.2.10') nor a host name "
+                             "('sip.example.net', '*.example.net')")
+    return value
 
 
 class ProxySettings(_Strict):
@@ -43,6 +62,16 @@ class ProxySettings(_Strict):
     invite_timeout_ms: int = Field(default=120000, ge=1000)
     """After a provisional reply, how long an INVITE may ring before it is given up."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    allow_destinations: list[str] | None = None
+    """Where PBXs' requests may go, host-wide: networks (`203.0.113.0/24`) and host names
+    (`sip.example.net`, `*.example.net`); everything else is refused. Unset: anywhere except
+    the instance networks, the host's own addresses, loopback, link-local and multicast
+    (docs/routing.md, "Tenant isolation"). An endpoint's own list replaces this one."""
+
+    @field_validator("allow_destinations")
+    @classmethod
+    def _allow_parses(cls, value: list[str] | None) -> list[str] | None:
+        return _allow_list(value)
 
     @field_validator("instance_networks")
     @classmethod
@@ -118,6 +147,13 @@ class Endpoint(_Strict):
     """Seconds between OPTIONS keepalives to providers with registered flows (0 = off)."""
     path: bool = True
     """Add a Path header (RFC 3327) to REGISTERs in addition to rewriting the Contact."""
+    allow_destinations: list[str] | None = None
+    """This endpoint's allow-list (as `[proxy] allow_destinations`, which it replaces)."""
+
+    @field_validator("allow_destinations")
+    @classmethod
+    def _allow_parses(cls, value: list[str] | None) -> list[str] | None:
+        return _allow_list(value)
 
     @property
     def endpoint_name(self) -> str:

@@ -17,7 +17,7 @@ import traceback
 
 import KSR  # type: ignore[import-not-found]  # provided by app_python3
 
-from trunkproxy.routing import decide
+from trunkproxy.routing import decide, destinations
 from trunkproxy.routing.event_queue import batch_header, queue_value
 from trunkproxy.routing.register_memo import (Registration, parse_registration, registration_value, reply_memo,
                                                request_memo)
@@ -32,6 +32,7 @@ _RELOAD_CHECK_S = 1.0
 # clears a table after storing this many entries into it.
 _NATIVE_CACHE_STORES = 10000
 _EVENT_QUEUE = "tp_ev"  # what is queued: trunkproxy.routing.event_queue
+REFUSED_STAT = "tp_refused_destinations"  # statistics module: script:tp_refused_destinations
 
 
 def _request_entry(method):
@@ -183,14 +184,15 @@ class Router:
         """Store a decision on a request from outside for route FROM_PROVIDER_CACHED."""
         if not isinstance(decision, decide.Relay) or decision.ruri is None or decision.dst_uri is None:
             return
-        if decision.record_route or decision.on_failure or decision.alternates or decision.contact or decision.path:
+        if decision.on_failure or decision.alternates or decision.contact or decision.path:
             return  # not something route FROM_PROVIDER_CACHED replays
         socket_name = self.settings.socket_name_of(decision.send_socket)
         if socket_name is None:
             return
-        flags = ((1 if decision.record_route == "" else 0) | (2 if decision.on_reply == "reply_from_pbx" else 0)
+        flags = ((1 if decision.record_route is not None else 0) | (2 if decision.on_reply == "reply_from_pbx" else 0)
                  | (4 if remaining_route is not None else 0))
-        fields = (socket_name, decision.dst_uri, decision.ruri, remaining_route or "", str(flags))
+        fields = (socket_name, decision.dst_uri, decision.ruri, remaining_route or "", decision.record_route or "",
+                  str(flags))
         if not any("|" in f for f in fields):
             self._store("tp_dec", KSR.pv.get("$var(dk)") or "", "|".join(fields))
 
@@ -225,6 +227,50 @@ class Router:
         if isinstance(decision, decide.Relay) and method == "BYE":
             KSR.htable.sht_rm("tp_dlg", KSR.pv.get("$ci"))  # the dialog ends (active dialogs gauge)
         _apply(decision)
+        return 1
+
+    @_request_entry
+    def route_set_from_pbx(self, msg) -> int:
+        """An in-dialog request from a PBX whose Route the native cache has not seen from this
+        source (route FROM_PBX): it goes on ($var(tp_rs) = 1, memoised) only along a route
+        the endpoint signed for this PBX; otherwise 403 (an ACK: dropped)."""
+        settings = self._current()
+        source = KSR.pv.get("$si")
+        why = decide.route_set_refusal(settings, _header("Route"), source)
+        if why is None:
+            KSR.pv.seti("$var(tp_rs)", 1)
+            self._store("tp_dec", KSR.pv.get("$var(dk)") or "", "ok")
+            return 1
+        method = KSR.pv.get("$rm")
+        KSR.warn(f"trunkproxy: refused in-dialog {method} from {source}:{KSR.pv.get('$sp')} "
+                 f"to {KSR.pv.get('$ru')}: {why}\n")
+        KSR.statistics.update_stat(REFUSED_STAT, 1)
+        if method != "ACK":
+            KSR.sl.sl_send_reply(403, "Forbidden")
+        return 1
+
+    def check_destination(self, msg) -> int:
+        """onsend_route, a destination the native cache has not allowed yet: may this request
+        be sent there (trunkproxy.routing.destinations)? Yes: $var(tp_sv) = "ok", memoised.
+        No: logged, counted, and $var(tp_refused) = this message's id, so that the route
+        which relayed it answers 403 (route NOT_RELAYED); the native route drops it."""
+        try:
+            settings = self._current()
+            sent_from = (KSR.pv.get("$sndfrom(ip)"), KSR.pv.get("$sndfrom(port)"))
+            via_external = any((s.host, s.port) == sent_from for s in settings.external.values())
+            ip, port = KSR.pv.get("$sndto(ip)"), KSR.pv.get("$sndto(port)")
+            hop = KSR.pv.get("$nh(d)")
+            why = destinations.outbound_refusal(settings.destinations, True, via_external, ip, port, hop)
+            if why is None:
+                KSR.pv.sets("$var(tp_sv)", "ok")
+                self._store("tp_dec", KSR.pv.get("$var(tp_sk)") or "", "ok")
+                return 1
+            KSR.pv.seti("$var(tp_refused)", KSR.pv.get("$mi"))
+            KSR.warn(f"trunkproxy: refused {KSR.pv.get('$rm')} from {KSR.pv.get('$si')}:{KSR.pv.get('$sp')} "
+                     f"to {ip}:{port} ({hop}): {why}\n")
+            KSR.statistics.update_stat(REFUSED_STAT, 1)
+        except Exception:  # noqa: BLE001 - the edge: refuse rather than send unchecked
+            KSR.err(f"trunkproxy: check_destination failed: {traceback.format_exc()}\n")
         return 1
 
     @_reply_entry
@@ -382,7 +428,8 @@ def _fail_over(route_name: str, alternates: tuple[str, ...] = ()) -> int:
         KSR.pv.sets("$du", first)
         KSR.pv.sets("$avp(tp_alt)", rest)
         KSR.tm.t_on_failure(route_name)
-        KSR.tm.t_relay()
+        if KSR.tm.t_relay() < 0 and _refused():
+            KSR.tm.t_reply(403, "Forbidden")
         return 1
     if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
         KSR.tm.t_reply(503, "Service Unavailable")
@@ -400,6 +447,11 @@ def _next_hops(alternates: tuple[str, ...]) -> str:
 def _fails_over(code: int) -> bool:
     """A final reply after which _fail_over tries the next provider address."""
     return code == 408 or 500 <= code < 600
+
+
+def _refused() -> bool:
+    """Did onsend_route refuse to send the current message (Router.check_destination)?"""
+    return KSR.pv.get("$var(tp_refused)") == KSR.pv.get("$mi")
 
 
 def _int(text: str | None) -> int | None:
@@ -499,5 +551,10 @@ def _apply(decision: decide.Decision) -> None:
         KSR.tm.t_on_reply(decision.on_reply)
     if decision.on_failure:
         KSR.tm.t_on_failure(decision.on_failure)
-    if KSR.tm.t_relay() < 0:
-        KSR.sl.sl_reply_error()
+    # one final answer when nothing could be sent: ours (as route NOT_RELAYED), not tm's 477
+    KSR.tm.t_set_disable_internal_reply(1)
+    if KSR.tm.t_relay() < 0 and KSR.pv.get("$rm") != "ACK":
+        if _refused():
+            KSR.sl.send_reply(403, "Forbidden")
+        else:
+            KSR.sl.send_reply(503, "Service Unavailable")

@@ -12,6 +12,7 @@ import psutil
 
 from trunkproxy.config.model import Config, Endpoint
 from trunkproxy.routing.addresses import parse_hostport
+from trunkproxy.routing.destinations import is_host_name
 from trunkproxy.routing.settings import socket_name
 
 
@@ -73,6 +74,24 @@ def interface_address(interface: str) -> str:
     raise InterfaceError(f"network interface {interface!r} has no IP address; assign one or set external_address")
 
 
+def host_addresses(config: Config) -> list[str]:
+    """The host's own addresses (every interface's) and every endpoint's sockets: never a
+    destination for a PBX's request (trunkproxy.routing.destinations). Read when the
+    settings are written, i.e. at start and on every reload."""
+    found = {addr.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for addr in addrs
+             if addr.family in (socket.AF_INET, socket.AF_INET6)}
+    for ep in config.endpoints:
+        found.add(ep.internal_address)
+        if ep.external_address:
+            found.add(ep.external_address)
+    return sorted(found)
+
+
+def allow_destinations(config: Config, endpoint: Endpoint) -> list[str] | None:
+    """The endpoint's allow-list, else the host's; None: none is set."""
+    return endpoint.allow_destinations if endpoint.allow_destinations is not None else config.proxy.allow_destinations
+
+
 def resolve_endpoint(config: Config, endpoint: Endpoint) -> ResolvedEndpoint:
     address = endpoint.external_address or interface_address(endpoint.interface)
     run_dir = config.state_path / "run" / endpoint.endpoint_name
@@ -116,6 +135,8 @@ def settings_json(config: Config, resolved: ResolvedEndpoint, secret: bytes, eve
         "path": ep.path,
         "events_socket": events_socket,
         "aliases": list(aliases),
+        "host_addresses": host_addresses(config),
+        "allow_destinations": allow_destinations(config, ep),
     }, indent=2)
 
 
@@ -159,6 +180,8 @@ def kamailio_cfg(config: Config, resolved: ResolvedEndpoint, aliases: list[str] 
         "KEMI_ENTRY": str(entry),
         "IS_INTERNAL": is_internal,
         "INSTANCE_NETWORKS": networks,
+        # the allow-list's names match the host of the next hop: a verdict depends on it then
+        "NEXT_HOP_KEY": "|$nh(d)" if any(is_host_name(a) for a in allow_destinations(config, ep) or ()) else "",
     }
     for key, value in values.items():
         template = template.replace(f"@@{key}@@", value)

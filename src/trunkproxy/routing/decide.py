@@ -148,6 +148,34 @@ def strip_own_routes(settings: EndpointSettings, route: str) -> str | None:
     return ", ".join(kept)
 
 
+def route_set_refusal(settings: EndpointSettings, route: str | None, source_ip: str) -> str | None:
+    """Why an in-dialog request from a PBX does not follow a route this endpoint made (None:
+    it does, or it has no Route at all, which the native route answers with 404).
+
+    The leading Route entries must name this endpoint, and at least one must carry the flow
+    token the endpoint signed into its Record-Route for this PBX (its source address): a
+    forged To tag and a Route imitating the endpoint's gain nothing. An unsigned entry of
+    ours is fine (the outbound-proxy Route a PBX preloads)."""
+    if not route:
+        return None
+    signed = False
+    for entry in split_header_values(route):
+        addr = parse_name_addr(entry)
+        uri = parse_uri(addr.uri) if addr else None
+        if uri is None or not settings.is_own(uri.host, uri.port):
+            break
+        token = uri.param(TOKEN_PARAM)
+        if token is None:
+            continue
+        decoded = decode_token(settings.secret, token)
+        if decoded is None:
+            return "Route entry with a forged signature"
+        if decoded[0].host != source_ip:
+            return f"Route signed for another instance ({decoded[0].host})"
+        signed = True
+    return None if signed else "Route not signed by this endpoint"
+
+
 def route_from_pbx(
     settings: EndpointSettings,
     method: str,
@@ -220,11 +248,14 @@ def _deliver_to_pbx(settings: EndpointSettings, flow: Flow, ruri: str | None, me
     socket = settings.internal.get(flow.transport)
     if socket is None:
         return Reply(503, "Service Unavailable")
+    # signed for the PBX it reaches: its in-dialog requests follow only this route
+    # (route_set_refusal)
+    record_route = f";{TOKEN_PARAM}={encode_token(settings.secret, flow)}"
     return Relay(
         send_socket=socket.spec(),
         dst_uri=flow.uri(),
         ruri=ruri,
-        record_route="" if initial and method in DIALOG_FORMING else None,
+        record_route=record_route if initial and method in DIALOG_FORMING else None,
         on_reply="reply_from_pbx" if method in TARGET_REFRESH else None,
     )
 

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from trunkproxy.routing.addresses import parse_hostport
+from trunkproxy.routing.destinations import DestinationPolicy, policy_from
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -61,6 +62,8 @@ class EndpointSettings:
     """Addresses of providers pinned in the configuration: known sources from the start."""
     aliases: frozenset[str] = frozenset()
     """Host names that mean this endpoint (its Consul DNS name), lower-case."""
+    destinations: DestinationPolicy = DestinationPolicy()
+    """Where a PBX's request may be sent (trunkproxy.routing.destinations)."""
 
     def socket_name_of(self, spec: str) -> str | None:
         """The Kamailio name of the listen socket `spec` (`Socket.spec()`), None if not ours."""
@@ -116,12 +119,16 @@ def providers_from_json(raw: dict) -> dict[str, ProviderRoute]:
 def settings_from_json(text: str) -> EndpointSettings:
     raw = json.loads(text)
     providers = providers_from_json(raw.get("providers", {}))
+    instance_networks = tuple(ipaddress.ip_network(n, strict=False) for n in raw["instance_networks"])
+    pinned = frozenset(address for p in providers.values() for address in p.addresses)
     return EndpointSettings(
         name=raw["name"],
         secret=bytes.fromhex(raw["secret"]),
         internal=_sockets(raw["internal"]),
         external=_sockets(raw["external"]),
-        instance_networks=tuple(ipaddress.ip_network(n, strict=False) for n in raw["instance_networks"]),
+        instance_networks=instance_networks,
+        destinations=policy_from(instance_networks, raw.get("host_addresses", []), raw.get("allow_destinations"),
+                                 pinned),
         providers=providers,
         path=bool(raw.get("path", True)),
         events_socket=raw.get("events_socket"),
