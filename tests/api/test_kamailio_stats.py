@@ -49,3 +49,9 @@ def test_active_dialogs_come_from_the_endpoints_dialog_table():
     c = sip_counters(parse_statistics(["tmx:active_transactions = 2", *lines]))
     assert c.active_dialogs == 7 and c.active_transactions == 2
     assert dialog_statistics(None) == [] and dialog_statistics([{"name": "tp_dlg", "all": "x"}]) == []
+
+
+def test_refused_destinations_from_the_endpoints_script_statistic():
+    # the endpoint config declares it (statistics module, group "script")
+    assert sip_counters(parse_statistics(["script:tp_refused_destinations = 4"])).refused_destinations == 4
+    assert sip_counters(parse_statistics(LISTED)).refused_destinations == 0

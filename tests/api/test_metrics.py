@@ -14,7 +14,8 @@ from .conftest import ENDPOINTS
 STATS = {"iflo": ["core:rcv_requests_invite = 7", "core:rcv_requests_register = 40", "core:rcv_replies_2xx = 30",
                   "sl:403_replies = 2", "sl:5xx_replies = 1", "tmx:UAS_transactions = 47",
                   "core:fwd_requests = 3", "tmx:rpl_relayed = 50", "core:bad_msg_hdr = 4",
-                  "tmx:active_transactions = 2", "dialog:active_dialogs = 1"],
+                  "tmx:active_transactions = 2", "dialog:active_dialogs = 1",
+                  "script:tp_refused_destinations = 5"],
          "ifens5": None}
 
 
@@ -60,6 +61,7 @@ async def test_metrics_families_and_values(monitor):
     assert _value(fam["trunkproxy_sip_relayed"], endpoint="iflo", kind="reply") == 50
     assert _value(fam["trunkproxy_sip_rejected"], endpoint="iflo") == 3
     assert _value(fam["trunkproxy_sip_dropped_malformed"], endpoint="iflo") == 4
+    assert _value(fam["trunkproxy_destinations_refused"], endpoint="iflo") == 5
     assert _value(fam["trunkproxy_active_transactions"], endpoint="iflo") == 2
     assert _value(fam["trunkproxy_active_dialogs"], endpoint="iflo") == 1
     assert _value(fam["trunkproxy_kamailio_stats_up"], endpoint="iflo") == 1

@@ -298,14 +298,15 @@ class Tenant:
     def reply(self, call_id: str, status: int) -> SipMessage | None:
         return next((m for m in self.inbox if m.status == status and m.header("Call-ID") == call_id), None)
 
-    def attempt(self, what: str, method: str, ruri: str, **kw) -> tuple[str, int | None]:
-        """One attack; (description, final status). An ACK's silence is checked by `answered_silent()`."""
+    def attempt(self, what: str, method: str, ruri: str, **kw) -> tuple[str, str, int | None]:
+        """One attack; (description, method, final status). An ACK's silence is checked by
+        `answered_silent()`."""
         call_id = self.send(method, ruri, **kw)
         if method == "ACK":
             self.silent_call_ids.append((what, call_id))
             self._fetch(ACK_WAIT_S)
-            return what, None
-        return what, self.final(call_id)
+            return what, method, None
+        return what, method, self.final(call_id)
 
     def answered_silent(self) -> list[str]:
         """The requests that should have got no reply (ACKs) but did."""
@@ -448,8 +449,8 @@ def _assert_isolated(lab: Lab, tenants: list[Tenant], outcomes, *, allowed=froze
     allowed final status (ACKs: no reply at all)."""
     leaks = lab.leaks(victims)
     assert not leaks, f"{len(leaks)} message(s) reached a victim:\n" + "\n".join(leaks)
-    wrong = [f"{what}: got {status}" for what, status in outcomes
-             if not what.split(" ", 2)[1] == "ACK" and status not in allowed]
+    wrong = [f"{what}: got {status}" for what, method, status in outcomes
+             if method != "ACK" and status not in allowed]
     for t in tenants:
         wrong += t.answered_silent()
     assert not wrong, f"{len(wrong)} attempt(s) not refused as {sorted(allowed)}:\n" + "\n".join(wrong)
@@ -524,7 +525,8 @@ def test_in_dialog_requests_along_the_signed_route_reach_the_provider(lab, trans
     tenant = lab.tenant(transport)
     dialog = _establish_dialog(lab, tenant)
     for method in ("INFO", "INFO", "UPDATE", "BYE"):
-        what, status = _in_dialog(tenant, dialog, "signed route", method, dialog.remote_target, dialog.route_set)
+        what, _m, status = _in_dialog(tenant, dialog, "signed route", method, dialog.remote_target,
+                                      dialog.route_set)
         assert status == 200, (what, status)
         assert lab.provider.wait_for(method, dialog.call_id), what
     assert not lab.leaks(drain=0.2)
@@ -575,14 +577,12 @@ def test_maddr_on_a_provider_uri_does_not_redirect(lab, transport):
     """`maddr` names another destination inside the provider's URI: the request goes to the
     provider (Kamailio does not honour maddr) or is refused; tenant B gets nothing."""
     tenant = lab.tenant(transport)
-    b = lab.victims["tenant_b"]
     suffix = f";maddr={TENANT_B_IP}" + (f";transport=tcp" if transport == "tcp" else "")
 
     def ruri_for(method):
         return lab.provider_uri(None if method == "REGISTER" else "100") + suffix
 
     outcomes = _attack_all(tenant, "maddr", OUT_OF_DIALOG_METHODS, ruri_for)
-    assert b.port == 5060 or True  # maddr has no port: B is hit only on 5060, else the spelling is moot
     _assert_isolated(lab, [tenant], outcomes, allowed=frozenset({403, 200}))
 
 
@@ -681,7 +681,7 @@ def test_real_signed_route_cannot_be_turned_to_another_destination(lab, transpor
                 outcomes.append(_in_dialog(tenant, dialog, what, method, ruri(), route))
     _assert_isolated(lab, [tenant], outcomes)
     # the genuine use of the same route still works: the refusals above were not a broken dialog
-    what, status = _in_dialog(tenant, dialog, "control", "BYE", dialog.remote_target, dialog.route_set)
+    what, _m, status = _in_dialog(tenant, dialog, "control", "BYE", dialog.remote_target, dialog.route_set)
     assert status == 200 and lab.provider.wait_for("BYE", dialog.call_id), (what, status)
 
 
@@ -706,7 +706,7 @@ def test_signed_route_of_another_tenant_is_refused(lab, transport):
     assert not reached, f"the provider got the stranger's requests: {reached}"
     _assert_isolated(lab, [stranger], outcomes, victims=[])
     # A itself still hangs up along its route
-    what, status = _in_dialog(tenant, dialog, "control", "BYE", dialog.remote_target, dialog.route_set)
+    what, _m, status = _in_dialog(tenant, dialog, "control", "BYE", dialog.remote_target, dialog.route_set)
     assert status == 200 and lab.provider.wait_for("BYE", dialog.call_id), (what, status)
 
 

@@ -13,6 +13,8 @@ Pure. We take Kamailio's counters rather than counting twice. Two result shapes 
 - rejected: stateless error replies sent (`sl:` buckets of class 3xx-6xx);
 - dropped malformed: `core:bad_msg_hdr` + `core:bad_URIs_rcvd`; dropped by the script:
   `core:drop_requests` + `core:drop_replies`;
+- refused destinations: `script:tp_refused_destinations`, requests from PBXs the endpoint refused
+  to send on (another tenant, the host, a forged in-dialog route: docs/routing.md);
 - transactions: `tmx:active_transactions`; dialogs: `trunkproxy:active_dialogs`, the items of the
   endpoint's `tp_dlg` htable (a Call-ID is added when the ACK to a 2xx passes, removed when the BYE
   does; see docs/routing.md), else `dialog:active_dialogs` where the dialog module is loaded.
@@ -60,6 +62,7 @@ class SipCounters:
     rejected: int = 0
     dropped_malformed: int = 0
     dropped_by_script: int = 0
+    refused_destinations: int = 0
     active_transactions: int | None = None
     active_dialogs: int | None = None
 
@@ -82,6 +85,7 @@ def sip_counters(stats: dict[str, int]) -> SipCounters:
     counters.rejected = sum(v for c, v in counters.replies_local_by_class.items() if c[0] in "3456")
     counters.dropped_malformed = get("core:bad_msg_hdr", 0) + get("core:bad_URIs_rcvd", 0)
     counters.dropped_by_script = get("core:drop_requests", 0) + get("core:drop_replies", 0)
+    counters.refused_destinations = get("script:tp_refused_destinations", 0)
     counters.active_transactions = get("tmx:active_transactions")
     counters.active_dialogs = get("trunkproxy:active_dialogs", get("dialog:active_dialogs"))
     return counters

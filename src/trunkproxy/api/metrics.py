@@ -112,6 +112,9 @@ class SnapshotCollector(Collector):
                                         labels=L)
         dropped = CounterMetricFamily("trunkproxy_sip_dropped", "SIP messages dropped by the routing logic",
                                       labels=L)
+        refused = CounterMetricFamily("trunkproxy_destinations_refused",
+                                      "Requests from PBXs not sent on: another tenant, the host, a forged route",
+                                      labels=L)
         transactions = GaugeMetricFamily("trunkproxy_active_transactions", "Active SIP transactions", labels=L)
         dialogs = GaugeMetricFamily("trunkproxy_active_dialogs", "Active SIP dialogs", labels=L)
         names = sorted({str(e.get("name")) for e in self.snapshot.endpoints} | set(self.snapshot.counters))
@@ -130,11 +133,12 @@ class SnapshotCollector(Collector):
             rejected.add_metric([name], c.rejected)
             malformed.add_metric([name], c.dropped_malformed)
             dropped.add_metric([name], c.dropped_by_script)
+            refused.add_metric([name], c.refused_destinations)
             if c.active_transactions is not None:
                 transactions.add_metric([name], c.active_transactions)
             if c.active_dialogs is not None:
                 dialogs.add_metric([name], c.active_dialogs)
-        yield from (stats_up, requests, replies, relayed, rejected, malformed, dropped, transactions, dialogs)
+        yield from (stats_up, requests, replies, relayed, rejected, malformed, dropped, refused, transactions, dialogs)
 
 
 def render(snapshot: Snapshot) -> bytes:
