@@ -156,3 +156,21 @@ def test_foreign_headers_pass_untouched_and_mediasec_gets_no_420(raw_endpoint, p
         assert ", ".join(received.headers(name)) == value
     assert "192.0.2.99" not in received.header("Contact")
     assert 420 not in _statuses(pbx.receive(0.5, until_final=False))
+
+
+def test_a_reply_of_no_transaction_is_not_forwarded_along_its_vias(make_endpoint, provider_socket, peers):
+    # Kamailio forwards a reply that matches no transaction statelessly to its second Via:
+    # a tenant (internal side) or a stranger (external side) could aim replies at anyone
+    endpoint = make_endpoint(providers=[ProviderPin("tel.example.test", [provider_socket.hostport])],
+                             instance_networks=["127.0.1.0/24"], allow_destinations=None)
+    tenant, victim, stranger = peers("127.0.1.1"), peers("127.0.1.2"), peers("127.0.0.7")
+    for sender, side in ((tenant, endpoint.internal_hostport), (stranger, endpoint.external_hostport)):
+        reply = (f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {side};branch=z9hG4bK-forged-{sender.port}\r\n"
+                 f"Via: SIP/2.0/UDP {victim.hostport};branch=z9hG4bK-victim\r\n"
+                 f"From: <sip:a@example.test>;tag=1\r\nTo: <sip:b@example.test>;tag=2\r\n"
+                 f"Call-ID: forged-reply-{sender.port}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+        sender.send(reply, side)
+    assert victim.receive(1.5, until_final=False) == []
+    # the endpoint still relays what it should: a PBX's MESSAGE reaches the provider
+    tenant.send(request("MESSAGE", "sip:4930222@tel.example.test", tenant), endpoint.internal_hostport)
+    assert [m.method for m in provider_socket.receive(2.0, until_final=False)][:1] == ["MESSAGE"]

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 
-from trunkproxy.routing import decide
+from trunkproxy.routing import decide, destinations
 from trunkproxy.routing.event_queue import queue_value
 from trunkproxy.routing.register_memo import Registration, registration_value, reply_memo, request_memo
 from trunkproxy.routing.registration_events import aor_of, granted_expires, requested_expires
 from trunkproxy.routing.settings import EndpointSettings
 from trunkproxy.routing.sipuri import parse_name_addr
-from trunkproxy.routing.tokens import Flow
+from trunkproxy.routing.tokens import Flow, encode_token
 
 _USER = "trunkproxy-warmup"
 
@@ -57,4 +57,7 @@ def rehearse(settings: EndpointSettings) -> int:
             if address is not None:
                 inbound = decide.route_from_provider(settings, "INVITE", address.uri, None, False, True)
                 relayed += isinstance(inbound, decide.Relay)
+    # onsend_route's first destination, a PBX's first in-dialog request
+    destinations.destination_refusal(settings.destinations, "192.0.2.1", 5060, domain)
+    decide.route_set_refusal(settings, f"<sip:{host};lr;tpt={encode_token(settings.secret, source)}>", host)
     return relayed
