@@ -38,8 +38,10 @@ class TrunkproxyRun:
     path: bool = True  # the endpoint's `path` setting (RFC 3327 Path on REGISTERs)
     # the endpoint's `allow_destinations` (None: not set). The default lets the suite's PBXs and
     # providers share 127.0.0.1, which the endpoint otherwise refuses as a destination (host
-    # address, loopback, instance network): docs/routing.md, "Tenant isolation"
-    allow_destinations: list[str] | None = field(default_factory=lambda: ["127.0.0.1/32"])
+    # address, loopback, instance network: docs/routing.md, "Tenant isolation"), and reach the
+    # providers of the namespace tests
+    allow_destinations: list[str] | None = field(
+        default_factory=lambda: ["127.0.0.1/32", "198.51.100.0/24", "203.0.113.0/24"])
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:

@@ -11,17 +11,27 @@ Layout, loopback only:
     host       127.0.0.1:free (a host address), 127.0.0.5:free (loopback)      victims
     provider   127.0.2.1:free UDP+TCP: answers every request 200 (Record-Route echoed, Contact at
                itself), so that A sets up real dialogs and gets the endpoint's signed Record-Route
+    names      in the endpoint's DNS cache (kamcmd): localhost, tenant-b.example.test, SRV records...
 
 Two configurations (fixture `lab`): the provider pinned (`[providers."tel.example.test"] addresses`,
 no allow-list; A writes `sip:x@tel.example.test`) and the provider allow-listed
-(`allow_destinations = ["127.0.2.0/24"]`; A writes `sip:x@127.0.2.1:PORT`).
+(`allow_destinations = ["127.0.2.0/24"]`; A writes `sip:x@127.0.2.1:PORT`); a few tests use
+other allow-lists (all of loopback; host names).
+
+Roads tried, each over UDP and TCP, every method: Request-URI at a victim (addresses, names,
+SRV, other spellings, maddr, the pinned provider's IP on another port), DNS failover onto a
+victim, a preloaded Route to a victim, in-dialog requests with a forged route (imitations of the
+endpoint's Record-Route, made-up tokens, no Route), A's genuine signed route turned to a victim
+(Request-URI, extra Route entries), A's route replayed by another instance, stray replies and
+Vias aimed at a victim, and tenant B's own TCP connection to the endpoint.
 
 Every attack is sent 3 times, each a fresh transaction with otherwise the same text: the endpoint
 memoises decisions and replays them natively, and a replay must refuse as strictly as Python.
-What counts is what the victims' sockets received (nothing, after a final drain) and what A
-got back (403; nothing for an ACK). Positive controls in every configuration (requests and a
-dialog to the provider, over UDP and TCP) show that the road to the provider is open, so that a
-refusal is a refusal and not a broken set-up.
+What counts is what the victims' sockets received (nothing, after a final drain; checked first,
+it is the hole) and what A got back (403; nothing for an ACK). Positive controls in every
+configuration (requests and a dialog to the provider, over UDP and TCP, and the genuine use of
+a route after the attacks on it) show that the road to the provider is open, so that a refusal
+is a refusal and not a broken set-up.
 """
 from __future__ import annotations
 
@@ -30,6 +40,7 @@ import itertools
 import re
 import selectors
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -39,7 +50,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .endpoint import ProviderPin, TrunkproxyRun
-from .procs import free_port, wait_until
+from .procs import KAMCMD, free_port, wait_until
 from .rawsip import TcpPeer, UdpPeer, request, take_stream_message, via_tcp
 from .sipmsg import COMPACT, SipMessage
 
@@ -74,6 +85,12 @@ _tags = itertools.count(1)
 
 def _canon(name: str) -> str:
     return COMPACT.get(name.lower(), name.lower())
+
+
+def _branch(msg: SipMessage) -> str | None:
+    """The branch of a message's top Via (a reply carries its request's)."""
+    m = re.search(r";\s*branch=([^;,\s]+)", msg.header("Via") or "")
+    return m.group(1) if m else None
 
 
 class SipServer:
@@ -199,16 +216,17 @@ class SipServer:
 
     # --- what the tests read
 
-    def requests(self, method: str | None = None, call_id: str | None = None) -> list[SipMessage]:
+    def requests(self, method: str | None = None, branch: str | None = None) -> list[SipMessage]:
+        """Requests received (`branch`: the sender's Via branch, anywhere in the Via stack)."""
         with self._lock:
             msgs = list(self.messages)
         return [m for m in msgs if m.is_request and (method is None or m.method == method)
-                and (call_id is None or m.header("Call-ID") == call_id)]
+                and (branch is None or any(f"branch={branch}" in v for v in m.headers("Via")))]
 
-    def wait_for(self, method: str, call_id: str, timeout: float = REPLY_WAIT_S) -> list[SipMessage]:
+    def wait_for(self, method: str, branch: str, timeout: float = REPLY_WAIT_S) -> list[SipMessage]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = self.requests(method, call_id)
+            found = self.requests(method, branch)
             if found:
                 return found
             time.sleep(0.02)
@@ -244,7 +262,7 @@ class Tenant:
         self.endpoint, self.transport = endpoint, transport
         self.peer = UdpPeer(ip) if transport == "udp" else TcpPeer(endpoint.internal_hostport, ip)
         self.inbox: list[SipMessage] = []
-        self.silent_call_ids: list[tuple[str, str]] = []  # (what, Call-ID) of requests that get no reply
+        self.silent: list[tuple[str, str]] = []  # (what, Via branch) of requests that get no reply
 
     @property
     def tp(self) -> str:
@@ -253,7 +271,8 @@ class Tenant:
 
     def send(self, method: str, ruri: str, *, to_tag: str | None = None, route: list[str] | None = None,
              call_id: str | None = None, cseq: int = 1) -> str:
-        """Send a request; return its Call-ID as written."""
+        """Send a request; return its Via branch (replies are matched by it: the requests of one
+        dialog share a Call-ID)."""
         extra = []
         if route:
             extra.append("Route: " + ", ".join(route))
@@ -277,48 +296,66 @@ class Tenant:
                        cseq=cseq, call_id=call_id)
         if self.transport == "tcp":
             text = via_tcp(text)
+        self.send_text(text)
+        return _branch(SipMessage.parse(text))
+
+    def send_text(self, text: str) -> None:
         self.peer.send(text, self.endpoint.internal_hostport)
-        return SipMessage.parse(text).header("Call-ID")
 
     def _fetch(self, timeout: float) -> None:
         self.inbox.extend(self.peer.receive(timeout, until_final=True))
 
-    def final(self, call_id: str, timeout: float = REPLY_WAIT_S) -> int | None:
-        """The final status of the request with this Call-ID (the first one; None: no answer)."""
+    def final(self, branch: str, timeout: float = REPLY_WAIT_S) -> int | None:
+        """The final status of the request sent with this Via branch (None: no answer)."""
+        found = self.final_reply(branch, timeout)
+        return found.status if found else None
+
+    def final_reply(self, branch: str, timeout: float = REPLY_WAIT_S) -> SipMessage | None:
         deadline = time.monotonic() + timeout
         while True:
             for m in self.inbox:
-                if m.status is not None and m.status >= 200 and m.header("Call-ID") == call_id:
-                    return m.status
+                if m.status is not None and m.status >= 200 and _branch(m) == branch:
+                    return m
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             self._fetch(left)
 
-    def reply(self, call_id: str, status: int) -> SipMessage | None:
-        return next((m for m in self.inbox if m.status == status and m.header("Call-ID") == call_id), None)
-
     def attempt(self, what: str, method: str, ruri: str, **kw) -> tuple[str, str, int | None]:
         """One attack; (description, method, final status). An ACK's silence is checked by
         `answered_silent()`."""
-        call_id = self.send(method, ruri, **kw)
+        branch = self.send(method, ruri, **kw)
         if method == "ACK":
-            self.silent_call_ids.append((what, call_id))
+            self.silent.append((what, branch))
             self._fetch(ACK_WAIT_S)
             return what, method, None
-        return what, method, self.final(call_id)
+        return what, method, self.final(branch)
 
     def answered_silent(self) -> list[str]:
         """The requests that should have got no reply (ACKs) but did."""
         self._fetch(0.2)
-        return [f"{what}: got {m.start_line}" for what, cid in self.silent_call_ids
-                for m in self.inbox if m.header("Call-ID") == cid]
+        return [f"{what}: got {m.start_line}" for what, branch in self.silent
+                for m in self.inbox if _branch(m) == branch]
 
     def close(self) -> None:
         self.peer.close()
 
 
 # --------------------------------------------------------------------------- the lab
+
+# Names in the endpoint's DNS cache (kamcmd dns.add_a / dns.add_srv): what an attacker's DNS
+# zone, or a resolver answering `localhost`, would give. Kamailio's resolver does not read
+# /etc/hosts, so without these a name never resolves here and a test of names would prove nothing.
+DNS_A = {
+    "localhost": HOST_IP,
+    "tenant-b.example.test": TENANT_B_IP,
+    "other.example.test": OTHER_INSTANCE_IP,
+    "host.example.test": HOST_IP,
+    "loopback.example.test": LOOPBACK_IP,
+    "provider.example.test": PROVIDER_IP,
+    "dead.example.test": "127.0.2.9",  # nothing listens there (allowed in the allow-listed configs)
+}
+
 
 @dataclass
 class Lab:
@@ -327,6 +364,7 @@ class Lab:
     provider: SipServer
     provider_other_port: SipServer  # the provider's IP, another port: not pinned
     victims: dict[str, SipServer]
+    dead_port: int  # a port on 127.0.2.9 where nothing listens
     tenants: list[Tenant] = field(default_factory=list)
 
     def tenant(self, transport: str, ip: str = TENANT_A_IP) -> Tenant:
@@ -346,6 +384,19 @@ class Lab:
     @property
     def external(self) -> str:
         return self.endpoint.external_hostport
+
+    def kamcmd(self, *args: str) -> str:
+        sock = f"unixs:{self.endpoint.state_dir}/run/{ENDPOINT}/ctl.sock"
+        res = subprocess.run([KAMCMD, "-s", sock, *args], capture_output=True, text=True, timeout=10)
+        assert res.returncode == 0, f"kamcmd {args}: {res.stdout} {res.stderr}"
+        return res.stdout
+
+    def dns_a(self, name: str, ip: str) -> None:
+        self.kamcmd("dns.add_a", name, "3600", ip, "0")
+
+    def dns_srv(self, name: str, priority: int, port: int, target: str) -> None:
+        for proto in ("udp", "tcp"):
+            self.kamcmd("dns.add_srv", f"_sip._{proto}.{name}", "3600", str(priority), "0", str(port), target, "0")
 
     def leaks(self, names: list[str] | None = None, drain: float = DRAIN_S) -> list[str]:
         """What reached the victims (after one drain): one line per message."""
@@ -367,6 +418,9 @@ def _provider_endpoint_kwargs(config: str, provider: SipServer) -> dict:
         # the whole of loopback allowed: the instance networks (/24) and the host's own
         # addresses (/32) are more specific and stay refused; loopback (/8) ties and is allowed
         return dict(providers=[], allow_destinations=["127.0.0.0/8"])
+    if config == "named_allowlist":
+        # names in the allow-list match names, never what they resolve to inside a refused network
+        return dict(providers=[], allow_destinations=["*.example.test", "localhost", "127.0.2.0/24"])
     raise ValueError(config)
 
 
@@ -394,8 +448,18 @@ def make_lab(make_endpoint):
             victims["provider_other_port"] = provider_other
         endpoint = make_endpoint(instance_networks=INSTANCE_NETWORKS,
                                  **_provider_endpoint_kwargs(config, provider), **endpoint_kw)
-        lab = Lab(config, endpoint, provider, provider_other, victims)
+        lab = Lab(config, endpoint, provider, provider_other, victims, free_port("127.0.2.9"))
         labs.append(lab)
+        for name, ip in DNS_A.items():
+            lab.dns_a(name, ip)
+        b = victims["tenant_b"]
+        lab.dns_srv("srv-b.example.test", 10, b.port, "tenant-b.example.test")
+        # failover: the first SRV target never answers, the second is tenant B (or, the
+        # control, the provider)
+        lab.dns_srv("failover-b.example.test", 10, lab.dead_port, "dead.example.test")
+        lab.dns_srv("failover-b.example.test", 20, b.port, "tenant-b.example.test")
+        lab.dns_srv("failover-ok.example.test", 10, lab.dead_port, "dead.example.test")
+        lab.dns_srv("failover-ok.example.test", 20, provider.port, "provider.example.test")
         return lab
 
     yield make
@@ -433,13 +497,21 @@ def _forged_token(ip: str, port: int, transport: str = "udp") -> str:
     return base64.urlsafe_b64encode(payload).decode().rstrip("=") + ".AAAAAAAAAAAAAAAA"
 
 
-def _attack_all(tenant: Tenant, what: str, methods, ruri_for, *, repeats: int = REPEATS, **kw):
-    """Send every method `repeats` times (fresh transactions); [(description, final status)]."""
+def _attack_all(tenant: Tenant, what: str, methods, ruri_for, *, repeats: int = REPEATS,
+                timeout: float = REPLY_WAIT_S, **kw):
+    """Send every method `repeats` times (fresh transactions); [(description, method, final status)]."""
     outcomes = []
     for method in methods:
         for i in range(repeats):
             ruri = ruri_for(method)
-            outcomes.append(tenant.attempt(f"{what} {method} {ruri} #{i + 1}", method, ruri, **kw))
+            branch = tenant.send(method, ruri, **kw)
+            what_i = f"{what} {method} {ruri} #{i + 1}"
+            if method == "ACK":
+                tenant.silent.append((what_i, branch))
+                tenant._fetch(ACK_WAIT_S)
+                outcomes.append((what_i, method, None))
+            else:
+                outcomes.append((what_i, method, tenant.final(branch, timeout)))
     return outcomes
 
 
@@ -453,12 +525,11 @@ def _assert_isolated(lab: Lab, tenants: list[Tenant], outcomes, *, allowed=froze
              if method != "ACK" and status not in allowed]
     for t in tenants:
         wrong += t.answered_silent()
-    assert not wrong, f"{len(wrong)} attempt(s) not refused as {sorted(allowed)}:\n" + "\n".join(wrong)
+    assert not wrong, f"{len(wrong)} attempt(s) not answered {sorted(allowed)}:\n" + "\n".join(wrong)
 
 
 @dataclass
 class Dialog:
-    tenant: Tenant
     call_id: str  # as written ("base@ip")
     base_call_id: str
     to_tag: str
@@ -482,24 +553,32 @@ _dialogs = itertools.count(1)
 def _establish_dialog(lab: Lab, tenant: Tenant) -> Dialog:
     """A real call from tenant A to the provider through the endpoint: INVITE, 200, ACK."""
     base = f"dlg-{next(_dialogs)}-{time.monotonic_ns()}"
-    call_id = tenant.send("INVITE", lab.provider_uri(), call_id=base)
-    status = tenant.final(call_id)
-    assert status == 200, f"the provider's call did not get through: {status}; provider got " \
-                          f"{[m.start_line for m in lab.provider.requests()]}"
-    ok = tenant.reply(call_id, 200)
+    branch = tenant.send("INVITE", lab.provider_uri(), call_id=base)
+    ok = tenant.final_reply(branch)
+    assert ok is not None and ok.status == 200, \
+        f"the call to the provider did not get through: {ok and ok.start_line}; provider got " \
+        f"{[m.start_line for m in lab.provider.requests()]}"
     record_route = ok.headers("Record-Route")
     assert len(record_route) >= 2 and all("tpt=" in e for e in record_route), record_route
     to_tag = re.search(r";\s*tag=([^;>\s]+)", ok.header("To")).group(1)
-    dialog = Dialog(tenant, call_id, base, to_tag, record_route, ok.uri_of("Contact"))
-    tenant.send("ACK", dialog.remote_target, to_tag=to_tag, route=dialog.route_set, call_id=base, cseq=1)
-    assert lab.provider.wait_for("ACK", call_id), "the ACK along the signed route did not reach the provider"
+    dialog = Dialog(ok.header("Call-ID"), base, to_tag, record_route, ok.uri_of("Contact"))
+    ack = tenant.send("ACK", dialog.remote_target, to_tag=to_tag, route=dialog.route_set, call_id=base, cseq=1)
+    assert lab.provider.wait_for("ACK", ack), "the ACK along the signed route did not reach the provider"
     return dialog
 
 
 def _in_dialog(tenant: Tenant, dialog: Dialog, what: str, method: str, ruri: str, route: list[str] | None):
     cseq = 1 if method in ("ACK", "PRACK") else dialog.next_cseq()
-    return tenant.attempt(f"{what} {method} {ruri}", method, ruri, to_tag=dialog.to_tag, route=route,
-                          call_id=dialog.base_call_id, cseq=cseq)
+    return _attack_all(tenant, what, (method,), lambda _m: ruri, repeats=1, to_tag=dialog.to_tag, route=route,
+                       call_id=dialog.base_call_id, cseq=cseq)[0]
+
+
+def _along_the_dialog(lab: Lab, tenant: Tenant, dialog: Dialog, method: str) -> tuple[int | None, bool]:
+    """A genuine in-dialog request: (A's final status, whether the provider got it)."""
+    branch = tenant.send(method, dialog.remote_target, to_tag=dialog.to_tag, route=dialog.route_set,
+                         call_id=dialog.base_call_id, cseq=dialog.next_cseq())
+    status = tenant.final(branch)
+    return status, bool(lab.provider.wait_for(method, branch))
 
 
 # --------------------------------------------------------------------------- positive controls
@@ -511,12 +590,11 @@ def test_requests_to_the_provider_get_through(lab, transport):
     for method in ("INVITE", "MESSAGE", "OPTIONS", "REGISTER", "SUBSCRIBE"):
         for i in range(2):  # the second one is replayed from the decision cache
             ruri = lab.provider_uri(None if method == "REGISTER" else "4989123")
-            call_id = tenant.send(method, ruri)
-            status = tenant.final(call_id)
-            arrived = lab.provider.wait_for(method, call_id)
+            branch = tenant.send(method, ruri)
+            status = tenant.final(branch)
+            arrived = lab.provider.wait_for(method, branch)
             got.append((f"{method} {ruri} #{i + 1}", status, [m.src[2] for m in arrived]))
-    assert all(status == 200 and via for _w, status, via in got), got
-    assert all(via == [transport] for _w, _s, via in got), got
+    assert all(status == 200 and via == [transport] for _w, status, via in got), got
     assert not lab.leaks(drain=0.2)
 
 
@@ -524,18 +602,16 @@ def test_requests_to_the_provider_get_through(lab, transport):
 def test_in_dialog_requests_along_the_signed_route_reach_the_provider(lab, transport):
     tenant = lab.tenant(transport)
     dialog = _establish_dialog(lab, tenant)
-    for method in ("INFO", "INFO", "UPDATE", "BYE"):
-        what, _m, status = _in_dialog(tenant, dialog, "signed route", method, dialog.remote_target,
-                                      dialog.route_set)
-        assert status == 200, (what, status)
-        assert lab.provider.wait_for(method, dialog.call_id), what
+    for method in ("INFO", "INFO", "UPDATE", "MESSAGE", "BYE"):
+        status, arrived = _along_the_dialog(lab, tenant, dialog, method)
+        assert status == 200 and arrived, (method, status, arrived)
     assert not lab.leaks(drain=0.2)
 
 
 # --------------------------------------------------------------------------- a) Request-URI
 
-def _request_uri_targets(lab: Lab, tp: str) -> dict[str, tuple[str, str]]:
-    """name -> (host part of the Request-URI, victim it must not reach)."""
+def _targets(lab: Lab, tp: str) -> dict[str, tuple[str, str]]:
+    """name -> (host part of a URI, the victim it leads to)."""
     b, other = lab.victims["tenant_b"], lab.victims["other_instance"]
     host, loop = lab.victims["host_service"], lab.victims["loopback_service"]
     targets = {
@@ -543,12 +619,12 @@ def _request_uri_targets(lab: Lab, tp: str) -> dict[str, tuple[str, str]]:
         "other_instance": (f"{other.hostport}{tp}", "other_instance"),
         "host_service": (f"{host.hostport}{tp}", "host_service"),
         "loopback_service": (f"{loop.hostport}{tp}", "loopback_service"),
+        # names (the endpoint's DNS cache, DNS_A)
         "localhost_name": (f"localhost:{host.port}{tp}", "host_service"),
-        "ipv4_mapped_ipv6": (f"[::ffff:{TENANT_B_IP}]:{b.port}{tp}", "tenant_b"),
-        "decimal_ipv4": (f"2130706690:{b.port}{tp}", "tenant_b"),  # 127.0.1.2 as one number
-        "hex_ipv4": (f"0x7f000102:{b.port}{tp}", "tenant_b"),
-        "short_ipv4": (f"127.1:{host.port}{tp}", "host_service"),  # inet_aton: 127.0.0.1
-        "trailing_dot_name": (f"localhost.:{host.port}{tp}", "host_service"),
+        "tenant_b_name": (f"tenant-b.example.test:{b.port}{tp}", "tenant_b"),
+        "other_instance_name": (f"other.example.test:{other.port}{tp}", "other_instance"),
+        "loopback_name": (f"loopback.example.test:{loop.port}{tp}", "loopback_service"),
+        "tenant_b_srv": (f"srv-b.example.test{tp}", "tenant_b"),  # SRV -> tenant-b.example.test:port
     }
     if b.port == 5060:
         targets["tenant_b_default_port"] = (f"{TENANT_B_IP}{tp}", "tenant_b")
@@ -556,28 +632,52 @@ def _request_uri_targets(lab: Lab, tp: str) -> dict[str, tuple[str, str]]:
 
 
 REQUEST_URI_TARGETS = ["tenant_b", "tenant_b_default_port", "other_instance", "host_service", "loopback_service",
-                       "localhost_name", "ipv4_mapped_ipv6", "decimal_ipv4", "hex_ipv4", "short_ipv4",
-                       "trailing_dot_name"]
+                       "localhost_name", "tenant_b_name", "other_instance_name", "loopback_name", "tenant_b_srv"]
 
 
 @pytest.mark.parametrize("target", REQUEST_URI_TARGETS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_request_uri_at_a_forbidden_destination_is_refused(lab, transport, target):
     tenant = lab.tenant(transport)
-    targets = _request_uri_targets(lab, tenant.tp)
+    targets = _targets(lab, tenant.tp)
     if target not in targets:
         pytest.skip("tenant B could not bind port 5060")
-    hostpart, victim = targets[target]
+    hostpart, _victim = targets[target]
     outcomes = _attack_all(tenant, target, OUT_OF_DIALOG_METHODS, lambda m: _ruri(m, hostpart))
     _assert_isolated(lab, [tenant], outcomes)
+
+
+def _spellings(lab: Lab, tp: str) -> dict[str, str]:
+    b, host = lab.victims["tenant_b"], lab.victims["host_service"]
+    return {
+        "ipv4_mapped_ipv6": f"[::ffff:{TENANT_B_IP}]:{b.port}{tp}",
+        "decimal_ipv4": f"2130706690:{b.port}{tp}",  # 127.0.1.2 as one number
+        "hex_ipv4": f"0x7f000102:{b.port}{tp}",
+        "octal_ipv4": f"0177.0.1.02:{b.port}{tp}",
+        "short_ipv4": f"127.1:{host.port}{tp}",  # inet_aton: 127.0.0.1
+        "trailing_dot_name": f"localhost.:{host.port}{tp}",
+        "upper_case_name": f"LOCALHOST:{host.port}{tp}",
+    }
+
+
+@pytest.mark.parametrize("spelling", ["ipv4_mapped_ipv6", "decimal_ipv4", "hex_ipv4", "octal_ipv4", "short_ipv4",
+                                      "trailing_dot_name", "upper_case_name"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_other_spellings_of_a_forbidden_destination_reach_nobody(lab, transport, spelling):
+    """Spellings a C library would turn into tenant B's or the host's address. Kamailio resolves
+    some of them, some not at all: refused (403) or nothing could be sent (503), never sent."""
+    tenant = lab.tenant(transport)
+    hostpart = _spellings(lab, tenant.tp)[spelling]
+    outcomes = _attack_all(tenant, spelling, OUT_OF_DIALOG_METHODS, lambda m: _ruri(m, hostpart))
+    _assert_isolated(lab, [tenant], outcomes, allowed=frozenset({403, 503}))
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_maddr_on_a_provider_uri_does_not_redirect(lab, transport):
     """`maddr` names another destination inside the provider's URI: the request goes to the
-    provider (Kamailio does not honour maddr) or is refused; tenant B gets nothing."""
+    provider (this Kamailio does not honour maddr) or is refused; tenant B gets nothing."""
     tenant = lab.tenant(transport)
-    suffix = f";maddr={TENANT_B_IP}" + (f";transport=tcp" if transport == "tcp" else "")
+    suffix = f";maddr={TENANT_B_IP}" + (";transport=tcp" if transport == "tcp" else "")
 
     def ruri_for(method):
         return lab.provider_uri(None if method == "REGISTER" else "100") + suffix
@@ -595,23 +695,38 @@ def test_pinned_provider_ip_does_not_open_its_other_ports(pinned_lab, transport)
     outcomes = _attack_all(tenant, "provider ip, other port", OUT_OF_DIALOG_METHODS,
                            lambda m: _ruri(m, f"{other.hostport}{tenant.tp}"))
     _assert_isolated(lab, [tenant], outcomes)
-    # and the pinned port itself is open (the control, in the same run)
-    call_id = tenant.send("OPTIONS", f"sip:100@{lab.provider.hostport}{tenant.tp}")
-    assert tenant.final(call_id) == 200 and lab.provider.wait_for("OPTIONS", call_id)
+    # the pinned address itself is open, also when written as an address (the control)
+    branch = tenant.send("OPTIONS", f"sip:100@{lab.provider.hostport}{tenant.tp}")
+    assert tenant.final(branch) == 200 and lab.provider.wait_for("OPTIONS", branch)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_dns_failover_does_not_lead_to_a_forbidden_destination(lab, transport):
+    """SRV: the first target never answers (TCP: refuses the connection), the second is tenant
+    B. The control, same shape with the provider second, shows that failover does happen."""
+    tenant = lab.tenant(transport)
+    branch = tenant.send("OPTIONS", f"sip:100@failover-ok.example.test{tenant.tp}")
+    status = tenant.final(branch, timeout=8.0)
+    assert status == 200 and lab.provider.wait_for("OPTIONS", branch), f"control: failover to the provider: {status}"
+    outcomes = _attack_all(tenant, "failover", ("OPTIONS", "MESSAGE", "INVITE"),
+                           lambda m: f"sip:100@failover-b.example.test{tenant.tp}", repeats=2, timeout=8.0)
+    # 403 when the refusal was the last try; 408/503 when the dead target's was
+    _assert_isolated(lab, [tenant], outcomes, allowed=frozenset({403, 408, 503}))
 
 
 # --------------------------------------------------------------------------- b) preloaded Route
 
-PRELOADED_HOPS = ["tenant_b", "other_instance", "host_service", "loopback_service", "localhost_name"]
+PRELOADED_HOPS = ["tenant_b", "other_instance", "host_service", "loopback_service", "localhost_name",
+                  "tenant_b_name", "tenant_b_srv"]
 
 
 @pytest.mark.parametrize("hop", PRELOADED_HOPS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_preloaded_route_to_a_forbidden_destination_is_refused(lab, transport, hop):
-    """R-URI at the provider (pinned or allowed), the Route leads elsewhere: the Route wins in
-    SIP, so the destination is the Route's, and it is refused."""
+    """R-URI at the provider (pinned or allowed), the Route leads elsewhere: in SIP the Route
+    wins, so the destination is the Route's, and it is refused."""
     tenant = lab.tenant(transport)
-    hostpart, _victim = _request_uri_targets(lab, tenant.tp)[hop]
+    hostpart, _victim = _targets(lab, tenant.tp)[hop]
     own = f"<sip:{lab.internal}{tenant.tp};lr>"
     outcomes = []
     for form, route in (("after our entry", [own, f"<sip:{hostpart};lr>"]),
@@ -632,7 +747,7 @@ FORGED_ROUTES = ["internal_external", "external_internal", "internal_external_fa
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_forged_in_dialog_request_is_refused(lab, transport, route_kind):
     """A made-up To tag and a Route imitating the endpoint's Record-Route (no valid signed token
-    for A), Request-URI at tenant B or a host service: 403, nothing received."""
+    for A), Request-URI at tenant B or a host service: 403 (ACK: nothing), nothing received."""
     tenant = lab.tenant(transport)
     tp = tenant.tp
     b, host = lab.victims["tenant_b"], lab.victims["host_service"]
@@ -660,35 +775,35 @@ def test_forged_in_dialog_request_is_refused(lab, transport, route_kind):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_real_signed_route_cannot_be_turned_to_another_destination(lab, transport, target):
     """A's own dialog, with the endpoint's genuine signed Record-Route: any other destination
-    along it (Request-URI, or a Route entry added before or after ours) is refused; the dialog
-    itself still works afterwards."""
+    along it (Request-URI, or a Route entry added before or after the endpoint's) is refused;
+    the dialog itself still works afterwards."""
     tenant = lab.tenant(transport)
     dialog = _establish_dialog(lab, tenant)
     victim = lab.victims[target]
     victim_uri = victim.uri("100", transport)
     victim_hop = f"<sip:{victim.hostport}{tenant.tp};lr>"
     variants = [
-        ("route set, R-URI at victim", lambda: victim_uri, dialog.route_set),
-        ("Record-Route order, R-URI at victim", lambda: victim_uri, dialog.record_route),
-        ("first signed entry only, R-URI at victim", lambda: victim_uri, dialog.route_set[:1]),
-        ("victim hop after the signed route", lambda: dialog.remote_target, dialog.route_set + [victim_hop]),
-        ("victim hop before the signed route", lambda: dialog.remote_target, [victim_hop] + dialog.route_set),
+        ("route set, R-URI at victim", victim_uri, dialog.route_set),
+        ("Record-Route order, R-URI at victim", victim_uri, dialog.record_route),
+        ("first signed entry only, R-URI at victim", victim_uri, dialog.route_set[:1]),
+        ("victim hop after the signed route", dialog.remote_target, dialog.route_set + [victim_hop]),
+        ("victim hop before the signed route", dialog.remote_target, [victim_hop] + dialog.route_set),
     ]
     outcomes = []
     for what, ruri, route in variants:
         for method in IN_DIALOG_METHODS:
             for _ in range(REPEATS):
-                outcomes.append(_in_dialog(tenant, dialog, what, method, ruri(), route))
+                outcomes.append(_in_dialog(tenant, dialog, what, method, ruri, route))
     _assert_isolated(lab, [tenant], outcomes)
     # the genuine use of the same route still works: the refusals above were not a broken dialog
-    what, _m, status = _in_dialog(tenant, dialog, "control", "BYE", dialog.remote_target, dialog.route_set)
-    assert status == 200 and lab.provider.wait_for("BYE", dialog.call_id), (what, status)
+    status, arrived = _along_the_dialog(lab, tenant, dialog, "BYE")
+    assert status == 200 and arrived, ("control BYE", status, arrived)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_signed_route_of_another_tenant_is_refused(lab, transport):
     """The token in A's Record-Route was issued for A's address: another instance replaying A's
-    route (towards A's provider, an allowed destination, and with A's Call-ID) gets 403."""
+    route (towards A's provider, an allowed destination, with A's Call-ID and tags) gets 403."""
     tenant = lab.tenant(transport)
     dialog = _establish_dialog(lab, tenant)
     stranger = lab.tenant(transport, STRANGER_IP)
@@ -696,18 +811,77 @@ def test_signed_route_of_another_tenant_is_refused(lab, transport):
     outcomes = []
     for method in ("BYE", "INFO", "MESSAGE", "INVITE", "ACK"):
         for order, route in (("route set", dialog.route_set), ("Record-Route order", dialog.record_route)):
-            for _ in range(REPEATS):
-                cseq = 1 if method == "ACK" else 900 + len(outcomes)
-                outcomes.append(stranger.attempt(f"stolen {order} {method}", method, dialog.remote_target,
-                                                 to_tag=dialog.to_tag, route=route, call_id=dialog.base_call_id,
-                                                 cseq=cseq))
+            outcomes += _attack_all(stranger, f"stolen {order}", (method,), lambda _m: dialog.remote_target,
+                                    to_tag=dialog.to_tag, route=route, call_id=dialog.base_call_id,
+                                    cseq=1 if method == "ACK" else 900 + len(outcomes))
     time.sleep(DRAIN_S)
     reached = [m.start_line for m in lab.provider.requests()[before:]]
     assert not reached, f"the provider got the stranger's requests: {reached}"
     _assert_isolated(lab, [stranger], outcomes, victims=[])
     # A itself still hangs up along its route
-    what, _m, status = _in_dialog(tenant, dialog, "control", "BYE", dialog.remote_target, dialog.route_set)
-    assert status == 200 and lab.provider.wait_for("BYE", dialog.call_id), (what, status)
+    status, arrived = _along_the_dialog(lab, tenant, dialog, "BYE")
+    assert status == 200 and arrived, ("control BYE", status, arrived)
+
+
+# --------------------------------------------------------------------------- e) replies and Vias
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_replies_cannot_be_aimed_at_another_tenant(lab, transport):
+    """Replies go back along a transaction only: a reply of no transaction whose next Via names
+    tenant B goes nowhere, and the endpoint's replies to A's requests go to A whatever its Via
+    claims (sent-by, received, maddr at B)."""
+    tenant = lab.tenant(transport)
+    b = lab.victims["tenant_b"]
+    proto = transport.upper()
+    internal = lab.internal
+    for n, vias in enumerate((
+        [f"SIP/2.0/{proto} {internal};branch=z9hG4bK-stray-a", f"SIP/2.0/UDP {b.hostport};branch=z9hG4bK-b"],
+        [f"SIP/2.0/{proto} {internal};branch=z9hG4bK-stray-b",
+         f"SIP/2.0/UDP 192.0.2.99:5060;received={TENANT_B_IP};rport={b.port};branch=z9hG4bK-b"],
+        [f"SIP/2.0/UDP {b.hostport};branch=z9hG4bK-stray-c"],
+    )):
+        for status in ("200 OK", "180 Ringing", "403 Forbidden"):
+            lines = [f"SIP/2.0 {status}"] + [f"Via: {v}" for v in vias] + [
+                "From: <sip:a@tel.example.test>;tag=1", "To: <sip:b@tel.example.test>;tag=2",
+                f"Call-ID: stray-{n}-{status[:3]}-{time.monotonic_ns()}", "CSeq: 1 INVITE",
+                f"Contact: <sip:x@{b.hostport}>", "Content-Length: 0"]
+            tenant.send_text("\r\n".join(lines) + "\r\n\r\n")
+    # requests whose Via claims to be tenant B (no rport): the answers still go to A's address
+    for via_params in (f";received={TENANT_B_IP}", f";maddr={TENANT_B_IP}", ""):
+        for ruri in (lab.provider_uri(), f"sip:100@{b.hostport}{tenant.tp}"):
+            branch = f"z9hG4bK-via-{time.monotonic_ns()}"
+            text = request("OPTIONS", ruri, tenant.peer)
+            text = re.sub(r"Via: SIP/2.0/UDP [^\r\n]+",
+                          f"Via: SIP/2.0/{proto} {b.hostport};branch={branch}{via_params}", text, count=1)
+            tenant.send_text(text)
+            # too many hops: answered before anything else looks at the request
+            tenant.send_text(text.replace("Max-Forwards: 70", "Max-Forwards: 0").replace(branch, branch + "-mf"))
+    leaks = lab.leaks()
+    assert not leaks, f"{len(leaks)} message(s) reached a victim:\n" + "\n".join(leaks)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_tenant_b_tcp_connection_to_the_endpoint_is_not_reused_for_a(lab, transport):
+    """Tenant B keeps a TCP connection open to the internal side, as a PBX does. Kamailio reuses
+    open connections by address: A aiming at that connection's address (Request-URI, preloaded
+    Route, or along A's own signed route) must not have its requests written into it."""
+    b = lab.tenant("tcp", TENANT_B_IP)
+    branch = b.send("OPTIONS", lab.provider_uri())
+    assert b.final(branch) == 200, "tenant B's own request to its provider"
+    b_conn = f"{b.peer.hostport};transport=tcp"
+    tenant = lab.tenant(transport)
+    dialog = _establish_dialog(lab, tenant)
+    outcomes = _attack_all(tenant, "R-URI at B's connection", OUT_OF_DIALOG_METHODS, lambda m: _ruri(m, b_conn))
+    outcomes += _attack_all(tenant, "Route to B's connection", OUT_OF_DIALOG_METHODS,
+                            lambda m: lab.provider_uri(None if m == "REGISTER" else "4989123"),
+                            route=[f"<sip:{lab.internal}{tenant.tp};lr>", f"<sip:{b_conn};lr>"])
+    for method in IN_DIALOG_METHODS:
+        outcomes.append(_in_dialog(tenant, dialog, "signed route, R-URI at B's connection", method,
+                                   f"sip:100@{b_conn}", dialog.route_set))
+    _assert_isolated(lab, [tenant], outcomes)
+    b._fetch(0.5)
+    foreign = [m.start_line for m in b.inbox if _branch(m) != branch]
+    assert not foreign, f"tenant B's connection carried A's traffic: {foreign}"
 
 
 # --------------------------------------------------------------------------- allow-list precedence
@@ -715,18 +889,36 @@ def test_signed_route_of_another_tenant_is_refused(lab, transport):
 def test_broad_allow_list_keeps_instance_networks_and_host_addresses_refused(make_lab):
     """allow_destinations = ["127.0.0.0/8"]: the longest prefix wins, so the instance network
     (/24) and the host's own address (/32) stay refused; the provider on loopback (a tie with
-    loopback /8) is allowed."""
+    loopback /8, which goes to the allow-list) is allowed."""
     lab = make_lab("broad_allowlist")
     tenant = lab.tenant("udp")
-    call_id = tenant.send("OPTIONS", f"sip:100@{lab.provider.hostport}")
-    assert tenant.final(call_id) == 200 and lab.provider.wait_for("OPTIONS", call_id)
-    targets = _request_uri_targets(lab, "")
+    branch = tenant.send("OPTIONS", f"sip:100@{lab.provider.hostport}")
+    assert tenant.final(branch) == 200 and lab.provider.wait_for("OPTIONS", branch)
+    targets = _targets(lab, "")
     outcomes = []
-    for name in ("tenant_b", "other_instance", "host_service", "localhost_name"):
+    for name in ("tenant_b", "other_instance", "host_service", "localhost_name", "tenant_b_name"):
         hostpart, _victim = targets[name]
         outcomes += _attack_all(tenant, name, ("INVITE", "MESSAGE", "OPTIONS", "REGISTER"),
                                 lambda m: _ruri(m, hostpart))
     _assert_isolated(lab, [tenant], outcomes, victims=["tenant_b", "other_instance", "host_service"])
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_allow_listed_names_resolving_inside_are_refused(make_lab, transport):
+    """allow_destinations names `*.example.test` and `localhost`: a name matches, but what it
+    resolves to (tenant B, the other instance, the host, loopback) is still refused. The
+    provider's name, resolving to an allowed network, gets through."""
+    lab = make_lab("named_allowlist")
+    tenant = lab.tenant(transport)
+    branch = tenant.send("OPTIONS", f"sip:100@provider.example.test:{lab.provider.port}{tenant.tp}")
+    assert tenant.final(branch) == 200 and lab.provider.wait_for("OPTIONS", branch)
+    targets = _targets(lab, tenant.tp)
+    outcomes = []
+    for name in ("localhost_name", "tenant_b_name", "other_instance_name", "loopback_name", "tenant_b_srv"):
+        hostpart, _victim = targets[name]
+        outcomes += _attack_all(tenant, name, ("INVITE", "MESSAGE", "OPTIONS", "REGISTER"),
+                                lambda m: _ruri(m, hostpart))
+    _assert_isolated(lab, [tenant], outcomes)
 
 
 # --------------------------------------------------------------------------- counted and logged

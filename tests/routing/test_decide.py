@@ -192,6 +192,11 @@ def test_forged_in_dialog_routes_are_refused(settings, route, why):
     assert decide.route_set_refusal(settings, route, PBX.host) == why
 
 
+def test_a_signed_route_reordered_to_leave_on_the_internal_side_is_refused(settings):
+    reordered = _signed_route(settings, PBX, first="198.51.100.1", second="10.0.3.1")
+    assert decide.route_set_refusal(settings, reordered, PBX.host) == "Route would leave on the internal side"
+
+
 def test_a_route_signed_for_another_tenant_is_refused(settings):
     other = Flow("udp", "10.0.3.8", 5060)
     assert decide.route_set_refusal(settings, _signed_route(settings, other), PBX.host) == \

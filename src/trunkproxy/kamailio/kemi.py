@@ -77,7 +77,7 @@ class Router:
         # from this one, with these settings
         self._published_mtime = self._mtime
         self._second_reset_at: float | None = None
-        self._stores = {"tp_dec": 0, "tp_rep": 0}
+        self._stores = {"tp_dec": 0, "tp_rep": 0, "tp_ok": 0}
 
     # -- settings ---------------------------------------------------------------------
     def _load(self) -> EndpointSettings:
@@ -196,13 +196,21 @@ class Router:
         if not any("|" in f for f in fields):
             self._store("tp_dec", KSR.pv.get("$var(dk)") or "", "|".join(fields))
 
-    def _store(self, table: str, key: str, value: str) -> None:
-        if not key:
-            return
+    def _store_ok(self, key: str) -> None:
+        """Remember in tp_ok what Python allowed (a destination, an in-dialog route)."""
+        self._count_store("tp_ok")
+        KSR.htable.sht_seti("tp_ok", key, 1)
+
+    def _count_store(self, table: str) -> None:
         self._stores[table] += 1
         if self._stores[table] > _NATIVE_CACHE_STORES:
             self._stores[table] = 0
             KSR.htable.sht_reset(table)
+
+    def _store(self, table: str, key: str, value: str) -> None:
+        if not key:
+            return
+        self._count_store(table)
         KSR.htable.sht_sets(table, key, value)
 
     @_request_entry
@@ -236,10 +244,12 @@ class Router:
         the endpoint signed for this PBX; otherwise 403 (an ACK: dropped)."""
         settings = self._current()
         source = KSR.pv.get("$si")
-        why = decide.route_set_refusal(settings, _header("Route"), source)
+        route = _header("Route")
+        why = decide.route_set_refusal(settings, route, source)
         if why is None:
             KSR.pv.seti("$var(tp_rs)", 1)
-            self._store("tp_dec", KSR.pv.get("$var(dk)") or "", "ok")
+            if route:  # the native key, $si|$(hdr(Route)[*]); without a Route it would read <null>
+                self._store_ok(f"{source}|{route}")
             return 1
         method = KSR.pv.get("$rm")
         KSR.warn(f"trunkproxy: refused in-dialog {method} from {source}:{KSR.pv.get('$sp')} "
@@ -251,7 +261,7 @@ class Router:
 
     def check_destination(self, msg) -> int:
         """onsend_route, a destination the native cache has not allowed yet: may this request
-        be sent there (trunkproxy.routing.destinations)? Yes: $var(tp_sv) = "ok", memoised.
+        be sent there (trunkproxy.routing.destinations)? Yes: $var(tp_sv) = 1, memoised.
         No: logged, counted, and $var(tp_refused) = this message's id, so that the route
         which relayed it answers 403 (route NOT_RELAYED); the native route drops it."""
         try:
@@ -262,8 +272,9 @@ class Router:
             hop = KSR.pv.get("$nh(d)")
             why = destinations.outbound_refusal(settings.destinations, True, via_external, ip, port, hop)
             if why is None:
-                KSR.pv.sets("$var(tp_sv)", "ok")
-                self._store("tp_dec", KSR.pv.get("$var(tp_sk)") or "", "ok")
+                KSR.pv.seti("$var(tp_sv)", 1)
+                # the native key: $sndto(ip):$sndto(port), with |$nh(d) when the allow-list has names
+                self._store_ok(f"{ip}:{port}|{hop}" if settings.destinations.allowed_names else f"{ip}:{port}")
                 return 1
             KSR.pv.seti("$var(tp_refused)", KSR.pv.get("$mi"))
             KSR.warn(f"trunkproxy: refused {KSR.pv.get('$rm')} from {KSR.pv.get('$si')}:{KSR.pv.get('$sp')} "
@@ -384,10 +395,12 @@ class Router:
                 # the old ones until its own check (1 s at most) and store that: empty the
                 # table once more after that window.
                 KSR.htable.sht_reset("tp_dec")
+                KSR.htable.sht_reset("tp_ok")
                 self._published_mtime = self._mtime
                 self._second_reset_at = now + 2 * _RELOAD_CHECK_S
             elif self._second_reset_at is not None and now >= self._second_reset_at:
                 KSR.htable.sht_reset("tp_dec")
+                KSR.htable.sht_reset("tp_ok")
                 self._second_reset_at = None
             self._send(KSR.pv.get("$var(events)"))  # the rest of route TICK's batch
         except Exception:  # noqa: BLE001 - the timer must keep running

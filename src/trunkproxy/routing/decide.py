@@ -155,15 +155,19 @@ def route_set_refusal(settings: EndpointSettings, route: str | None, source_ip: 
     The leading Route entries must name this endpoint, and at least one must carry the flow
     token the endpoint signed into its Record-Route for this PBX (its source address): a
     forged To tag and a Route imitating the endpoint's gain nothing. An unsigned entry of
-    ours is fine (the outbound-proxy Route a PBX preloads)."""
+    ours is fine (the outbound-proxy Route a PBX preloads). The last of ours names the
+    external side, as the endpoint's Record-Route pair does towards a PBX: Kamailio leaves
+    from the socket it names (r2), and a PBX's request leaves on the external side only."""
     if not route:
         return None
     signed = False
+    last_own = None
     for entry in split_header_values(route):
         addr = parse_name_addr(entry)
         uri = parse_uri(addr.uri) if addr else None
         if uri is None or not settings.is_own(uri.host, uri.port):
             break
+        last_own = uri
         token = uri.param(TOKEN_PARAM)
         if token is None:
             continue
@@ -173,7 +177,11 @@ def route_set_refusal(settings: EndpointSettings, route: str | None, source_ip: 
         if decoded[0].host != source_ip:
             return f"Route signed for another instance ({decoded[0].host})"
         signed = True
-    return None if signed else "Route not signed by this endpoint"
+    if not signed:
+        return "Route not signed by this endpoint"
+    if not settings.is_external(last_own.host, last_own.port):
+        return "Route would leave on the internal side"
+    return None
 
 
 def route_from_pbx(

@@ -84,6 +84,12 @@ class EndpointSettings:
             for side in (self.internal, self.external) for s in side.values()
         )
 
+    def is_external(self, host: str, port: int | None) -> bool:
+        """Does host[:port] name one of this endpoint's external sockets (bound or advertised)?"""
+        host, port = host.lower(), port or 5060
+        return any((host == s.host and port == s.port) or (host == s.advertised_host and port == s.advertised_port)
+                   for s in self.external.values())
+
     def is_instance_source(self, address: str) -> bool:
         return _in_networks(self.instance_networks, address)
 
