@@ -33,6 +33,7 @@ _RELOAD_CHECK_S = 1.0
 _NATIVE_CACHE_STORES = 10000
 _EVENT_QUEUE = "tp_ev"  # what is queued: trunkproxy.routing.event_queue
 REFUSED_STAT = "tp_refused_destinations"  # statistics module: script:tp_refused_destinations
+_FLT_IN_DIALOG = 2  # the native config's FLT_IN_DIALOG: an in-dialog request from a PBX
 
 
 def _request_entry(method):
@@ -197,7 +198,7 @@ class Router:
             self._store("tp_dec", KSR.pv.get("$var(dk)") or "", "|".join(fields))
 
     def _store_ok(self, key: str) -> None:
-        """Remember in tp_ok what Python allowed (a destination, an in-dialog route)."""
+        """Remember in tp_ok what Python allowed (a destination, with an in-dialog route)."""
         self._count_store("tp_ok")
         KSR.htable.sht_seti("tp_ok", key, 1)
 
@@ -237,47 +238,32 @@ class Router:
         _apply(decision)
         return 1
 
-    @_request_entry
-    def route_set_from_pbx(self, msg) -> int:
-        """An in-dialog request from a PBX whose Route the native cache has not seen from this
-        source (route FROM_PBX): it goes on ($var(tp_rs) = 1, memoised) only along a route
-        the endpoint signed for this PBX; otherwise 403 (an ACK: dropped)."""
-        settings = self._current()
-        source = KSR.pv.get("$si")
-        route = _header("Route")
-        why = decide.route_set_refusal(settings, route, source)
-        if why is None:
-            KSR.pv.seti("$var(tp_rs)", 1)
-            if route:  # the native key, $si|$(hdr(Route)[*]); without a Route it would read <null>
-                self._store_ok(f"{source}|{route}")
-            return 1
-        method = KSR.pv.get("$rm")
-        KSR.warn(f"trunkproxy: refused in-dialog {method} from {source}:{KSR.pv.get('$sp')} "
-                 f"to {KSR.pv.get('$ru')}: {why}\n")
-        KSR.statistics.update_stat(REFUSED_STAT, 1)
-        if method != "ACK":
-            KSR.sl.sl_send_reply(403, "Forbidden")
-        return 1
-
     def check_destination(self, msg) -> int:
-        """onsend_route, a destination the native cache has not allowed yet: may this request
-        be sent there (trunkproxy.routing.destinations)? Yes: $var(tp_sv) = 1, memoised.
-        No: logged, counted, and $var(tp_refused) = this message's id, so that the route
-        which relayed it answers 403 (route NOT_RELAYED); the native route drops it."""
+        """onsend_route, a case the native cache has not allowed yet: may this request from a
+        PBX be sent where it is going (trunkproxy.routing.destinations), and, in a dialog,
+        along its Route (decide.route_set_refusal)? Yes: $var(tp_sv) = 1, remembered in
+        tp_ok under the native key. No: logged, counted, $var(tp_refused) = this message's
+        id (the route that relayed it answers 403: route NOT_RELAYED), and dropped."""
         try:
             settings = self._current()
             sent_from = (KSR.pv.get("$sndfrom(ip)"), KSR.pv.get("$sndfrom(port)"))
             via_external = any((s.host, s.port) == sent_from for s in settings.external.values())
-            ip, port = KSR.pv.get("$sndto(ip)"), KSR.pv.get("$sndto(port)")
-            hop = KSR.pv.get("$nh(d)")
+            ip, port, hop = KSR.pv.get("$sndto(ip)"), KSR.pv.get("$sndto(port)"), KSR.pv.get("$nh(d)")
+            source = KSR.pv.get("$si")
+            # the native key: $sndto(ip):$sndto(port), |$nh(d) when the allow-list has names,
+            # and in a dialog |$si|$(hdr(Route)[*]) (which reads <null> without a Route)
+            key = f"{ip}:{port}|{hop}" if settings.destinations.allowed_names else f"{ip}:{port}"
             why = destinations.outbound_refusal(settings.destinations, True, via_external, ip, port, hop)
+            if why is None and KSR.isflagset(_FLT_IN_DIALOG) > 0:
+                route = _header("Route")
+                why = decide.route_set_refusal(settings, route, source)
+                key = f"{key}|{source}|{'<null>' if route is None else route}"
             if why is None:
                 KSR.pv.seti("$var(tp_sv)", 1)
-                # the native key: $sndto(ip):$sndto(port), with |$nh(d) when the allow-list has names
-                self._store_ok(f"{ip}:{port}|{hop}" if settings.destinations.allowed_names else f"{ip}:{port}")
+                self._store_ok(key)
                 return 1
             KSR.pv.seti("$var(tp_refused)", KSR.pv.get("$mi"))
-            KSR.warn(f"trunkproxy: refused {KSR.pv.get('$rm')} from {KSR.pv.get('$si')}:{KSR.pv.get('$sp')} "
+            KSR.warn(f"trunkproxy: refused {KSR.pv.get('$rm')} from {source}:{KSR.pv.get('$sp')} "
                      f"to {ip}:{port} ({hop}): {why}\n")
             KSR.statistics.update_stat(REFUSED_STAT, 1)
         except Exception:  # noqa: BLE001 - the edge: refuse rather than send unchecked
