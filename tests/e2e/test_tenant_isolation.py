@@ -321,15 +321,16 @@ class Tenant:
                 return None
             self._fetch(left)
 
-    def attempt(self, what: str, method: str, ruri: str, **kw) -> tuple[str, str, int | None]:
-        """One attack; (description, method, final status). An ACK's silence is checked by
-        `answered_silent()`."""
+    def attempt(self, what: str, method: str, ruri: str, timeout: float = REPLY_WAIT_S, **kw
+                ) -> tuple[str, str, int | None]:
+        """One request; (description, method, final status). An ACK's silence is checked later,
+        by `answered_silent()`."""
         branch = self.send(method, ruri, **kw)
         if method == "ACK":
             self.silent.append((what, branch))
             self._fetch(ACK_WAIT_S)
             return what, method, None
-        return what, method, self.final(branch)
+        return what, method, self.final(branch, timeout)
 
     def answered_silent(self) -> list[str]:
         """The requests that should have got no reply (ACKs) but did."""
@@ -504,14 +505,7 @@ def _attack_all(tenant: Tenant, what: str, methods, ruri_for, *, repeats: int = 
     for method in methods:
         for i in range(repeats):
             ruri = ruri_for(method)
-            branch = tenant.send(method, ruri, **kw)
-            what_i = f"{what} {method} {ruri} #{i + 1}"
-            if method == "ACK":
-                tenant.silent.append((what_i, branch))
-                tenant._fetch(ACK_WAIT_S)
-                outcomes.append((what_i, method, None))
-            else:
-                outcomes.append((what_i, method, tenant.final(branch, timeout)))
+            outcomes.append(tenant.attempt(f"{what} {method} {ruri} #{i + 1}", method, ruri, timeout, **kw))
     return outcomes
 
 
@@ -573,12 +567,14 @@ def _in_dialog(tenant: Tenant, dialog: Dialog, what: str, method: str, ruri: str
                        call_id=dialog.base_call_id, cseq=cseq)[0]
 
 
-def _along_the_dialog(lab: Lab, tenant: Tenant, dialog: Dialog, method: str) -> tuple[int | None, bool]:
-    """A genuine in-dialog request: (A's final status, whether the provider got it)."""
-    branch = tenant.send(method, dialog.remote_target, to_tag=dialog.to_tag, route=dialog.route_set,
+def _along_the_dialog(lab: Lab, tenant: Tenant, dialog: Dialog, method: str,
+                      route: list[str] | None = None) -> tuple[int | None, list[SipMessage]]:
+    """A genuine in-dialog request: (A's final status, what the provider got of it)."""
+    branch = tenant.send(method, dialog.remote_target, to_tag=dialog.to_tag,
+                         route=dialog.route_set if route is None else route,
                          call_id=dialog.base_call_id, cseq=dialog.next_cseq())
     status = tenant.final(branch)
-    return status, bool(lab.provider.wait_for(method, branch))
+    return status, lab.provider.wait_for(method, branch)
 
 
 # --------------------------------------------------------------------------- positive controls
@@ -593,9 +589,19 @@ def test_requests_to_the_provider_get_through(lab, transport):
             branch = tenant.send(method, ruri)
             status = tenant.final(branch)
             arrived = lab.provider.wait_for(method, branch)
-            got.append((f"{method} {ruri} #{i + 1}", status, [m.src[2] for m in arrived]))
+            got.append((f"{method} {ruri} #{i + 1}", status, [_sent_from(lab, m) for m in arrived]))
+    # each arrived once, over A's transport, from the endpoint's external side
     assert all(status == 200 and via == [transport] for _w, status, via in got), got
     assert not lab.leaks(drain=0.2)
+
+
+def _sent_from(lab: Lab, msg: SipMessage) -> str:
+    """The transport a request arrived over; "udp from another socket" when a UDP one did not come
+    from the endpoint's external socket (a TCP connection's source port says nothing)."""
+    ip, port, proto = msg.src
+    if proto == "udp" and (ip, port) != (lab.endpoint.external_ip, lab.endpoint.external_port):
+        return f"udp from {ip}:{port}"
+    return proto
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -604,7 +610,7 @@ def test_in_dialog_requests_along_the_signed_route_reach_the_provider(lab, trans
     dialog = _establish_dialog(lab, tenant)
     for method in ("INFO", "INFO", "UPDATE", "MESSAGE", "BYE"):
         status, arrived = _along_the_dialog(lab, tenant, dialog, method)
-        assert status == 200 and arrived, (method, status, arrived)
+        assert status == 200 and [_sent_from(lab, m) for m in arrived] == [transport], (method, status, arrived)
     assert not lab.leaks(drain=0.2)
 
 
@@ -800,6 +806,21 @@ def test_real_signed_route_cannot_be_turned_to_another_destination(lab, transpor
     assert status == 200 and arrived, ("control BYE", status, arrived)
 
 
+def test_signed_route_in_the_wrong_order_never_leaves_from_the_internal_side(lab):
+    """A's genuine route in Record-Route order (external entry first) towards its own provider:
+    refused, or sent from the external socket; never from the internal one (UDP shows the
+    socket a request was sent from)."""
+    tenant = lab.tenant("udp")
+    dialog = _establish_dialog(lab, tenant)
+    got = []
+    for method in ("INFO", "MESSAGE", "OPTIONS", "INFO"):
+        status, arrived = _along_the_dialog(lab, tenant, dialog, method, route=dialog.record_route)
+        got.append((method, status, [_sent_from(lab, m) for m in arrived]))
+    assert all((status == 403 and not sent) or (status == 200 and sent == ["udp"]) for _m, status, sent in got), got
+    status, arrived = _along_the_dialog(lab, tenant, dialog, "BYE")
+    assert status == 200 and arrived, ("control BYE", status, arrived)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_signed_route_of_another_tenant_is_refused(lab, transport):
     """The token in A's Record-Route was issued for A's address: another instance replaying A's
@@ -878,10 +899,10 @@ def test_tenant_b_tcp_connection_to_the_endpoint_is_not_reused_for_a(lab, transp
     for method in IN_DIALOG_METHODS:
         outcomes.append(_in_dialog(tenant, dialog, "signed route, R-URI at B's connection", method,
                                    f"sip:100@{b_conn}", dialog.route_set))
-    _assert_isolated(lab, [tenant], outcomes)
-    b._fetch(0.5)
+    b._fetch(DRAIN_S)
     foreign = [m.start_line for m in b.inbox if _branch(m) != branch]
     assert not foreign, f"tenant B's connection carried A's traffic: {foreign}"
+    _assert_isolated(lab, [tenant], outcomes)
 
 
 # --------------------------------------------------------------------------- allow-list precedence

@@ -150,7 +150,7 @@ def strip_own_routes(settings: EndpointSettings, route: str) -> str | None:
 
 def route_set_refusal(settings: EndpointSettings, route: str | None, source_ip: str) -> str | None:
     """Why an in-dialog request from a PBX does not follow a route this endpoint made (None:
-    it does, or it has no Route at all, which the native route answers with 404).
+    it does, or it has no Route at all, which the native route answers with 403).
 
     The leading Route entries must name this endpoint, and at least one must carry the flow
     token the endpoint signed into its Record-Route for this PBX (its source address): a
