@@ -17,7 +17,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from trunkproxy.kamailio.render import host_problems
+
     config = load_config(args.config)
+    problems = host_problems(config)
+    if problems:
+        print("trunkproxy: configuration cannot run on this host:\n" + "\n".join(f"- {p}" for p in problems),
+              file=sys.stderr)
+        return 2
     names = ", ".join(e.endpoint_name for e in config.endpoints) or "none"
     print(f"configuration OK: endpoints {names}")
     return 0

@@ -58,3 +58,18 @@ def test_a_provider_stays_known_as_long_as_its_memoised_reply(tmp_path):
     text = kamailio_cfg(config, resolved, [])
     expiry = {name: int(ttl) for name, ttl in re.findall(r'"(tp_\w+)=>size=\d+;autoexpire=(\d+);"', text)}
     assert expiry["tp_known"] >= expiry["tp_rep"] > 0
+
+
+def test_check_config_finds_what_run_would_refuse(tmp_path, capsys):
+    from trunkproxy.cli import main
+
+    path = tmp_path / "t.toml"
+    path.write_text(f'[proxy]\nstate_dir = "{tmp_path}"\n[[endpoints]]\ninterface = "ens99"\n'
+                    'internal_address = "192.0.2.77"\n')
+    assert main(["-c", str(path), "check-config"]) == 2
+    err = capsys.readouterr().err
+    assert "endpoint ifens99: interface: network interface 'ens99' does not exist" in err
+    assert "internal_address = '192.0.2.77' is not an address of this host" in err
+    path.write_text(f'[proxy]\nstate_dir = "{tmp_path}"\n[[endpoints]]\ninterface = "lo"\nexternal_port = 5081\n')
+    assert main(["-c", str(path), "check-config"]) == 0
+    assert "configuration OK: endpoints iflo" in capsys.readouterr().out

@@ -87,6 +87,33 @@ def host_addresses(config: Config) -> list[str]:
     return sorted(found)
 
 
+def _is_loopback(address: str) -> bool:
+    """Linux answers on all of 127.0.0.0/8 though `lo` lists 127.0.0.1 only."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def host_problems(config: Config) -> list[str]:
+    """What `trunkproxy run` would refuse on this host (an interface missing or without an
+    address, an address to bind that the host does not have), one line each naming the
+    endpoint, the key and the fix: `check-config` reports them before anything starts."""
+    local = {addr.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for addr in addrs}
+    problems = []
+    for ep in config.endpoints:
+        if ep.external_address is None:
+            try:
+                interface_address(ep.interface)
+            except InterfaceError as exc:
+                problems.append(f"endpoint {ep.endpoint_name}: interface: {exc}")
+        for key, address in (("external_address", ep.external_address), ("internal_address", ep.internal_address)):
+            if address is not None and address not in local and not _is_loopback(address):
+                problems.append(f"endpoint {ep.endpoint_name}: {key} = {address!r} is not an address of this host "
+                                f"(it has: {', '.join(sorted(local))}); use one of them")
+    return problems
+
+
 def allow_destinations(config: Config, endpoint: Endpoint) -> list[str] | None:
     """The endpoint's allow-list, else the host's; None: none is set."""
     return endpoint.allow_destinations if endpoint.allow_destinations is not None else config.proxy.allow_destinations
