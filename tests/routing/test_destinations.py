@@ -62,13 +62,9 @@ def test_destination_refusal(policy, ip, port, hop, refused):
 
 
 def test_a_pbx_request_leaves_on_the_external_side_only():
-    assert outbound_refusal(OPEN, True, False, "192.0.2.50", 5060) == "a PBX's request leaves on the external side only"
-    assert outbound_refusal(OPEN, True, True, "192.0.2.50", 5060) is None
-
-
-def test_requests_from_outside_go_where_their_token_says():
-    # delivered to a PBX in the instance networks from the internal side: not this rule's business
-    assert outbound_refusal(OPEN, False, False, "10.0.3.7", 5060) is None
+    assert outbound_refusal(OPEN, False, "192.0.2.50", 5060) == "a PBX's request leaves on the external side only"
+    assert outbound_refusal(OPEN, True, "192.0.2.50", 5060) is None
+    assert outbound_refusal(OPEN, True, "10.0.3.7", 5060) == "instance network 10.0.3.0/24"
 
 
 def test_without_allow_list_nothing_outside_is_restricted():

@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).parents[2] / "src" / "trunkproxy"
-EMBEDDED = [*sorted((SRC / "routing").glob("*.py")), SRC / "kamailio" / "kemi.py", SRC / "kamailio" / "kemi_entry.py"]
-ALLOWED_OWN = ("trunkproxy.routing", "trunkproxy.kamailio.kemi")
+EMBEDDED = [*sorted((SRC / "routing").glob("*.py")), SRC / "kamailio" / "kemi.py", SRC / "kamailio" / "kemi_entry.py",
+            SRC / "kamailio" / "relay.py"]
+ALLOWED_OWN = ("trunkproxy.routing", "trunkproxy.kamailio.kemi", "trunkproxy.kamailio.relay")
 
 
 def _imports(path: Path):

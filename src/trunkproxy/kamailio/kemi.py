@@ -17,6 +17,7 @@ import traceback
 
 import KSR  # type: ignore[import-not-found]  # provided by app_python3
 
+from trunkproxy.kamailio.relay import apply_decision, fail_over, fails_over, header, next_hops, replace_header
 from trunkproxy.routing import decide, destinations
 from trunkproxy.routing.event_queue import batch_header, queue_value
 from trunkproxy.routing.register_memo import (Registration, parse_registration, registration_value, reply_memo,
@@ -33,7 +34,6 @@ _RELOAD_CHECK_S = 1.0
 _NATIVE_CACHE_STORES = 10000
 _EVENT_QUEUE = "tp_ev"  # what is queued: trunkproxy.routing.event_queue
 REFUSED_STAT = "tp_refused_destinations"  # statistics module: script:tp_refused_destinations
-_FLT_IN_DIALOG = 2  # the native config's FLT_IN_DIALOG: an in-dialog request from a PBX
 
 
 def _request_entry(method):
@@ -126,13 +126,13 @@ class Router:
         preset = KSR.pv.get("$du") if KSR.isdsturiset() > 0 else None
         ruri = KSR.pv.get("$ru")
         source = _source()
-        contact = _header("Contact")
+        contact = header("Contact")
         register = method == "REGISTER"
-        path_ok = register and decide.supports_path(_header("Supported"))
+        path_ok = register and decide.supports_path(header("Supported"))
         decision = decide.route_from_pbx(
             settings, method, ruri, source, contact, preset, KSR.is_myself_ruri() > 0, path_ok)
         if isinstance(decision, decide.Relay):
-            expires = requested_expires(contact, _header("Expires")) if register else None
+            expires = requested_expires(contact, header("Expires")) if register else None
             registration = None
             if register:
                 registrar = KSR.pv.get("$rd")
@@ -152,7 +152,7 @@ class Router:
                     self._memoise(key, decision)
                 elif registration:
                     self._memoise_register(key, decision, registration)
-        _apply(decision)
+        apply_decision(decision)
         return 1
 
     def _memoise(self, native_key: str, decision: decide.Relay) -> None:
@@ -223,7 +223,7 @@ class Router:
         ruri, top_route, remaining = _provider_route_facts(settings)  # drops our own Path entry
         decision = decide.route_from_provider(settings, KSR.pv.get("$rm"), ruri, top_route, ruri_is_local, known)
         self._memoise_from_provider(decision, remaining)
-        _apply(decision)
+        apply_decision(decision)
         return 1
 
     @_request_entry
@@ -235,7 +235,7 @@ class Router:
         self._memoise_from_provider(decision, remaining)
         if isinstance(decision, decide.Relay) and method == "BYE":
             KSR.htable.sht_rm("tp_dlg", KSR.pv.get("$ci"))  # the dialog ends (active dialogs gauge)
-        _apply(decision)
+        apply_decision(decision)
         return 1
 
     def check_destination(self, msg) -> int:
@@ -253,9 +253,9 @@ class Router:
             # the native key: $sndto(ip):$sndto(port), |$nh(d) when the allow-list has names,
             # and in a dialog |$si|$(hdr(Route)[*]) (which reads <null> without a Route)
             key = f"{ip}:{port}|{hop}" if settings.destinations.allowed_names else f"{ip}:{port}"
-            why = destinations.outbound_refusal(settings.destinations, True, via_external, ip, port, hop)
-            if why is None and KSR.isflagset(_FLT_IN_DIALOG) > 0:
-                route = _header("Route")
+            why = destinations.outbound_refusal(settings.destinations, via_external, ip, port, hop)
+            if why is None and KSR.isflagset(destinations.FLT_IN_DIALOG) > 0:
+                route = header("Route")
                 why = decide.route_set_refusal(settings, route, source)
                 key = f"{key}|{source}|{'<null>' if route is None else route}"
             if why is None:
@@ -273,7 +273,7 @@ class Router:
     @_reply_entry
     def reply_from_pbx(self, msg) -> int:
         """18x/2xx from a PBX to a provider's dialog-forming request: hide the PBX's Contact."""
-        contact = _header("Contact")
+        contact = header("Contact")
         if not contact:
             return 1
         settings = self._current()
@@ -295,21 +295,21 @@ class Router:
         settings = self._current()
         code = int(KSR.pv.get("$rs"))
         flow, reg, kept = _registration_of_transaction()
-        if _fails_over(code) and _next_hops(reg.alternates):
+        if fails_over(code) and next_hops(reg.alternates):
             return 1  # one provider address failed; the failure route tries the next: no outcome yet
         expires = None
         restored = None
         contact = None
         if 200 <= code < 300:
-            contact = _header("Contact")
-            expires = granted_expires(settings.secret, contact, _header("Expires"), flow)
+            contact = header("Contact")
+            expires = granted_expires(settings.secret, contact, header("Expires"), flow)
             if contact:
                 restored = decide.restore_contacts(settings.secret, contact)
                 if restored is not None:
-                    _replace_header("Contact", restored)
+                    replace_header("Contact", restored)
         elif code in (401, 407):
-            contact = _header("Contact")
-        min_expires = _int(_header("Min-Expires")) if code == 423 else None
+            contact = header("Contact")
+        min_expires = _int(header("Min-Expires")) if code == 423 else None
         fields = _registration_fields(
             "register_reply", settings, reg.registrar, flow, reg.to_uri,
             provider=f"{KSR.pv.get('$pr')}:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}",
@@ -330,21 +330,21 @@ class Router:
         settings = self._current()
         flow, reg, _kept = _registration_of_transaction()
         # a timeout is the REGISTER's outcome only when no provider address is left to try
-        if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0 and not _next_hops(reg.alternates):
+        if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0 and not next_hops(reg.alternates):
             self._emit(_registration_fields(
                 "register_reply", settings, reg.registrar, flow, reg.to_uri,
                 socket=reg.socket or None, code=408, reason="timeout", expires=None, min_expires=None, local=True,
             ))
-        return _fail_over("register_failure", reg.alternates)
+        return fail_over("register_failure", reg.alternates)
 
     @_reply_entry
     def relay_failure(self, msg) -> int:
-        return _fail_over("relay_failure")
+        return fail_over("relay_failure")
 
     @_request_entry
     def contact_from_pbx(self, msg) -> int:
         """In-dialog target refresh from a PBX (re-INVITE, UPDATE...): hide its Contact too."""
-        contact = _header("Contact")
+        contact = header("Contact")
         if not contact:
             return 1
         settings = self._current()
@@ -415,44 +415,6 @@ class Router:
             pass  # the control plane is restarting; refreshes report again
 
 
-def _fail_over(route_name: str, alternates: tuple[str, ...] = ()) -> int:
-    """Next pinned provider address, else a quick 503 when the provider never answered.
-    `alternates`: the failover hops of a REGISTER replayed natively (kept in its
-    registration); $avp(tp_alt) holds those not tried yet, empty when all were."""
-    if KSR.tm.t_is_canceled() > 0:
-        return 1
-    remaining = _next_hops(alternates)
-    if remaining and _fails_over(int(KSR.pv.get("$T_reply_code") or 0)):
-        first, _sep, rest = remaining.partition(" ")
-        KSR.pv.sets("$du", first)
-        KSR.pv.sets("$avp(tp_alt)", rest)
-        KSR.tm.t_on_failure(route_name)
-        if KSR.tm.t_relay() < 0 and _refused():
-            KSR.tm.t_reply(403, "Forbidden")
-        return 1
-    if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
-        KSR.tm.t_reply(503, "Service Unavailable")
-    return 1
-
-
-def _next_hops(alternates: tuple[str, ...]) -> str:
-    """The provider addresses a failover has not tried yet: $avp(tp_alt) once set (empty when
-    all were tried), else all of `alternates` (a REGISTER replayed natively keeps them in its
-    registration)."""
-    remaining = KSR.pv.get("$avp(tp_alt)")
-    return " ".join(alternates) if remaining is None else remaining
-
-
-def _fails_over(code: int) -> bool:
-    """A final reply after which _fail_over tries the next provider address."""
-    return code == 408 or 500 <= code < 600
-
-
-def _refused() -> bool:
-    """Did onsend_route refuse to send the current message (Router.check_destination)?"""
-    return KSR.pv.get("$var(tp_refused)") == KSR.pv.get("$mi")
-
-
 def _int(text: str | None) -> int | None:
     return int(text) if text and text.strip().isdigit() else None
 
@@ -461,24 +423,13 @@ def _source() -> Flow:
     return Flow(KSR.pv.get("$pr"), KSR.pv.get("$si"), int(KSR.pv.get("$sp")))
 
 
-_HEADER_SPECS: dict[str, str] = {}
-
-
-def _header(name: str) -> str | None:
-    """All values of a header, comma-joined (a header may be repeated)."""
-    spec = _HEADER_SPECS.get(name)
-    if spec is None:
-        spec = _HEADER_SPECS[name] = f"$(hdr({name})[*])"
-    return KSR.pv.get(spec)
-
-
 def _provider_route_facts(settings: EndpointSettings) -> tuple[str, str | None, str | None]:
     """(Request-URI, Route as received, Route left: None if untouched) of a request from
     outside, after removing the Route entries naming this endpoint. Not loose_route(): our
     Contact in the Request-URI makes it take the strict-router path, which rewrites the
     Request-URI and leaves an empty Route header behind when both of our entries share one
     header line."""
-    route = _header("Route")
+    route = header("Route")
     remaining = decide.strip_own_routes(settings, route) if route else None
     if remaining is not None:
         KSR.hdr.remove("Route")
@@ -490,7 +441,7 @@ def _provider_route_facts(settings: EndpointSettings) -> tuple[str, str | None, 
 def _hide_contact(settings: EndpointSettings, contact: str, flow: Flow, socket) -> str | None:
     new_value = decide.rewrite_contacts(settings.secret, contact, flow, socket)
     if new_value is not None:
-        _replace_header("Contact", new_value)
+        replace_header("Contact", new_value)
     return new_value
 
 
@@ -512,48 +463,3 @@ def _registration_of_transaction() -> tuple[Flow, Registration, bool]:
         flow = Flow(KSR.pv.get("$T_req($pr)") or "udp", KSR.pv.get("$T_req($si)"), int(KSR.pv.get("$T_req($sp)")))
         return flow, Registration(str(flow), KSR.pv.get("$T_req($rd)") or "", "", KSR.pv.get("$T_req($tu)") or ""), False
     return flow, reg, True
-
-
-def _replace_header(name: str, value: str) -> None:
-    KSR.hdr.remove(name)
-    KSR.hdr.append(f"{name}: {value}\r\n")
-
-
-def _apply(decision: decide.Decision) -> None:
-    if isinstance(decision, decide.Reply):
-        KSR.sl.sl_send_reply(decision.code, decision.reason)
-        return
-    if isinstance(decision, decide.Drop):
-        return  # the native route exits without a reply
-    if decision.ruri is not None:
-        KSR.pv.sets("$ru", decision.ruri)
-    if decision.dst_uri is not None:
-        KSR.pv.sets("$du", decision.dst_uri)
-    KSR.pv.sets("$fs", decision.send_socket)
-    if decision.contact is not None:
-        _replace_header("Contact", decision.contact)
-    if decision.path is not None:
-        # on top of any Path entries already there (RFC 3327), else after the Contact as the
-        # native route's replay puts it
-        if KSR.hdr.is_present("Path") > 0:
-            KSR.hdr.insert(f"Path: {decision.path}\r\n")
-        else:
-            KSR.hdr.append(f"Path: {decision.path}\r\n")
-    if decision.record_route is not None:
-        if decision.record_route:
-            KSR.rr.record_route_params(decision.record_route)
-        else:
-            KSR.rr.record_route()
-    if decision.alternates:
-        KSR.pv.sets("$avp(tp_alt)", " ".join(decision.alternates))
-    if decision.on_reply:
-        KSR.tm.t_on_reply(decision.on_reply)
-    if decision.on_failure:
-        KSR.tm.t_on_failure(decision.on_failure)
-    # one final answer when nothing could be sent: ours (as route NOT_RELAYED), not tm's 477
-    KSR.tm.t_set_disable_internal_reply(1)
-    if KSR.tm.t_relay() < 0 and KSR.pv.get("$rm") != "ACK":
-        if _refused():
-            KSR.sl.send_reply(403, "Forbidden")
-        else:
-            KSR.sl.send_reply(503, "Service Unavailable")

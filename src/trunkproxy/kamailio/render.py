@@ -12,7 +12,7 @@ import psutil
 
 from trunkproxy.config.model import Config, Endpoint
 from trunkproxy.routing.addresses import parse_hostport
-from trunkproxy.routing.destinations import is_host_name
+from trunkproxy.routing.destinations import FLT_FROM_PBX, FLT_IN_DIALOG, is_host_name
 from trunkproxy.routing.settings import socket_name
 
 
@@ -207,6 +207,8 @@ def kamailio_cfg(config: Config, resolved: ResolvedEndpoint, aliases: list[str] 
         "KEMI_ENTRY": str(entry),
         "IS_INTERNAL": is_internal,
         "INSTANCE_NETWORKS": networks,
+        "FLT_FROM_PBX": str(FLT_FROM_PBX),
+        "FLT_IN_DIALOG": str(FLT_IN_DIALOG),
         # the allow-list's names match the host of the next hop: a verdict depends on it then
         "NEXT_HOP_KEY": "|$nh(d)" if any(is_host_name(a) for a in allow_destinations(config, ep) or ()) else "",
     }

@@ -13,6 +13,11 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+# Message flags of the generated config (kamailio/templates/endpoint.cfg): a request from a PBX,
+# and one in a dialog, whose Route onsend_route checks too
+FLT_FROM_PBX = 1
+FLT_IN_DIALOG = 2
+
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -123,13 +128,11 @@ def destination_refusal(policy: DestinationPolicy, ip_text: str, port: int, hop_
     return None
 
 
-def outbound_refusal(policy: DestinationPolicy, from_pbx: bool, via_external: bool, ip_text: str, port: int,
+def outbound_refusal(policy: DestinationPolicy, via_external: bool, ip_text: str, port: int,
                      hop_host: str | None = None) -> str | None:
-    """Why a request must not be sent (None: it may). A request from a PBX leaves only
-    through the endpoint's external side, towards a destination `destination_refusal`
-    allows; a request from outside goes where its verified flow token says."""
-    if not from_pbx:
-        return None
+    """Why a request from a PBX must not be sent (None: it may): it leaves only through the
+    endpoint's external side, towards a destination `destination_refusal` allows. (A request
+    from outside goes where its verified flow token says: not checked here.)"""
     if not via_external:
         return "a PBX's request leaves on the external side only"
     return destination_refusal(policy, ip_text, port, hop_host)
