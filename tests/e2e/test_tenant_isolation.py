@@ -50,7 +50,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .endpoint import ProviderPin, TrunkproxyRun
-from .procs import KAMCMD, free_port, wait_until
+from .procs import KAMCMD, free_port, run_failed, tools_missing, wait_until
 from .rawsip import TcpPeer, UdpPeer, request, take_stream_message, via_tcp
 from .sipmsg import COMPACT, SipMessage
 
@@ -195,6 +195,11 @@ class SipServer:
     def _record(self, msg: SipMessage) -> None:
         with self._lock:
             self.messages.append(msg)
+
+    def forget(self) -> None:
+        """Start a test afresh: what earlier tests sent here is not this test's."""
+        with self._lock:
+            self.messages.clear()
 
     def _answer(self, req: SipMessage, transport: str) -> bytes | None:
         if not req.is_request or req.method == "ACK":
@@ -425,60 +430,120 @@ def _provider_endpoint_kwargs(config: str, provider: SipServer) -> dict:
     raise ValueError(config)
 
 
+def _build_lab(config: str, make_endpoint, servers: dict[str, SipServer], **endpoint_kw) -> Lab:
+    """A lab for `config`; its parties come from `servers` when there (labs alive at the same
+    time share them: tenant B can hold 127.0.1.2:5060 only once), else are made and added."""
+    def server(name, ip, port=None):
+        if name not in servers:
+            servers[name] = _server(name, ip, port)
+        return servers[name]
+
+    provider = server("provider", PROVIDER_IP)
+    provider_other = server("provider-other-port", PROVIDER_IP)
+    victims = {
+        "tenant_b": server("tenant-b", TENANT_B_IP, 5060),
+        "other_instance": server("other-instance", OTHER_INSTANCE_IP),
+        "host_service": server("host-service", HOST_IP),
+        "loopback_service": server("loopback-service", LOOPBACK_IP),
+    }
+    if config == "pinned":
+        victims["provider_other_port"] = provider_other
+    endpoint = make_endpoint(instance_networks=INSTANCE_NETWORKS,
+                             **_provider_endpoint_kwargs(config, provider), **endpoint_kw)
+    lab = Lab(config, endpoint, provider, provider_other, victims, free_port("127.0.2.9"))
+    for name, ip in DNS_A.items():
+        lab.dns_a(name, ip)
+    b = victims["tenant_b"]
+    lab.dns_srv("srv-b.example.test", 10, b.port, "tenant-b.example.test")
+    # failover: the first SRV target never answers, the second is tenant B (or, the
+    # control, the provider)
+    lab.dns_srv("failover-b.example.test", 10, lab.dead_port, "dead.example.test")
+    lab.dns_srv("failover-b.example.test", 20, b.port, "tenant-b.example.test")
+    lab.dns_srv("failover-ok.example.test", 10, lab.dead_port, "dead.example.test")
+    lab.dns_srv("failover-ok.example.test", 20, provider.port, "provider.example.test")
+    return lab
+
+
+def _close_tenants(lab: Lab) -> None:
+    for t in lab.tenants:
+        t.close()
+    lab.tenants.clear()
+
+
 @pytest.fixture
 def make_lab(make_endpoint):
-    """Factory: make_lab(config, **TrunkproxyRun kwargs) -> Lab; stops everything it started."""
-    servers: list[SipServer] = []
+    """Factory: make_lab(config, **TrunkproxyRun kwargs) -> a Lab of this test's own (its
+    endpoint started for it); stops everything it started."""
     labs: list[Lab] = []
+    servers: list[dict[str, SipServer]] = []
 
     def make(config: str, **endpoint_kw) -> Lab:
-        def server(name, ip, port=None):
-            s = _server(name, ip, port)
-            servers.append(s)
-            return s
-
-        provider = server("provider", PROVIDER_IP)
-        provider_other = server("provider-other-port", PROVIDER_IP)
-        victims = {
-            "tenant_b": server("tenant-b", TENANT_B_IP, 5060),
-            "other_instance": server("other-instance", OTHER_INSTANCE_IP),
-            "host_service": server("host-service", HOST_IP),
-            "loopback_service": server("loopback-service", LOOPBACK_IP),
-        }
-        if config == "pinned":
-            victims["provider_other_port"] = provider_other
-        endpoint = make_endpoint(instance_networks=INSTANCE_NETWORKS,
-                                 **_provider_endpoint_kwargs(config, provider), **endpoint_kw)
-        lab = Lab(config, endpoint, provider, provider_other, victims, free_port("127.0.2.9"))
+        servers.append({})
+        lab = _build_lab(config, make_endpoint, servers[-1], **endpoint_kw)
         labs.append(lab)
-        for name, ip in DNS_A.items():
-            lab.dns_a(name, ip)
-        b = victims["tenant_b"]
-        lab.dns_srv("srv-b.example.test", 10, b.port, "tenant-b.example.test")
-        # failover: the first SRV target never answers, the second is tenant B (or, the
-        # control, the provider)
-        lab.dns_srv("failover-b.example.test", 10, lab.dead_port, "dead.example.test")
-        lab.dns_srv("failover-b.example.test", 20, b.port, "tenant-b.example.test")
-        lab.dns_srv("failover-ok.example.test", 10, lab.dead_port, "dead.example.test")
-        lab.dns_srv("failover-ok.example.test", 20, provider.port, "provider.example.test")
         return lab
 
     yield make
     for lab in labs:
-        for t in lab.tenants:
-            t.close()
-    for s in servers:
+        _close_tenants(lab)
+    for own in servers:
+        for s in own.values():
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def shared_labs(tmp_path_factory):
+    """One lab per configuration for the whole module (starting an endpoint per test made the
+    suite take 10 minutes). Sharing one is also the stricter test: every attack meets the
+    decisions and destinations earlier tests left memoised."""
+    why = tools_missing()
+    if why:
+        pytest.skip(why)
+    runs: list[TrunkproxyRun] = []
+    servers: dict[str, SipServer] = {}
+    labs: dict[str, Lab] = {}
+
+    def make_endpoint(**kw) -> TrunkproxyRun:
+        run = TrunkproxyRun(tmp_path_factory.mktemp("isolation"), **kw)
+        runs.append(run)
+        return run.start()
+
+    def get(config: str) -> Lab:
+        if config not in labs:
+            labs[config] = _build_lab(config, make_endpoint, servers)
+        return labs[config]
+
+    yield get
+    for lab in labs.values():
+        _close_tenants(lab)
+    for run in runs:
+        run.stop()
+    for s in servers.values():
         s.close()
 
 
+def _fresh(lab: Lab, request) -> Lab:
+    """The shared lab for one test: what its servers received so far forgotten; its tenants
+    closed after the test (and the endpoint's log shown if the test failed)."""
+    for s in (lab.provider, lab.provider_other_port, *lab.victims.values()):
+        s.forget()
+    def after() -> None:
+        _close_tenants(lab)
+        if run_failed(request):
+            print(f"\n===== trunkproxy log ({lab.endpoint.log_path}) =====\n{lab.endpoint.log_tail(120)}")
+
+    request.addfinalizer(after)
+    return lab
+
+
 @pytest.fixture(params=["pinned", "allowlisted"])
-def lab(request, make_lab) -> Lab:
-    return make_lab(request.param)
+def lab(request, shared_labs) -> Lab:
+    return _fresh(shared_labs(request.param), request)
 
 
 @pytest.fixture
-def pinned_lab(make_lab) -> Lab:
-    return make_lab("pinned")
+def pinned_lab(request, shared_labs) -> Lab:
+    return _fresh(shared_labs("pinned"), request)
 
 
 # --------------------------------------------------------------------------- helpers
