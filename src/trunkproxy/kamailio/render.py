@@ -74,12 +74,17 @@ def interface_address(interface: str) -> str:
     raise InterfaceError(f"network interface {interface!r} has no IP address; assign one or set external_address")
 
 
+def _local_addresses() -> set[str]:
+    """Every IPv4 and IPv6 address of this host's interfaces (without an IPv6 zone)."""
+    return {addr.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for addr in addrs
+            if addr.family in (socket.AF_INET, socket.AF_INET6)}
+
+
 def host_addresses(config: Config) -> list[str]:
     """The host's own addresses (every interface's) and every endpoint's sockets: never a
     destination for a PBX's request (trunkproxy.routing.destinations). Read when the
     settings are written, i.e. at start and on every reload."""
-    found = {addr.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for addr in addrs
-             if addr.family in (socket.AF_INET, socket.AF_INET6)}
+    found = _local_addresses()
     for ep in config.endpoints:
         found.add(ep.internal_address)
         if ep.external_address:
@@ -99,7 +104,7 @@ def host_problems(config: Config) -> list[str]:
     """What `trunkproxy run` would refuse on this host (an interface missing or without an
     address, an address to bind that the host does not have), one line each naming the
     endpoint, the key and the fix: `check-config` reports them before anything starts."""
-    local = {addr.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for addr in addrs}
+    local = _local_addresses()
     problems = []
     for ep in config.endpoints:
         if ep.external_address is None:
