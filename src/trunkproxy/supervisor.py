@@ -20,6 +20,7 @@ from trunkproxy.kamailio.render import (
 from trunkproxy.atomic import write_atomically
 from trunkproxy.kamailio.rpc import RpcError, rpc_call
 from trunkproxy.registrations import paths as registration_paths
+from trunkproxy.registrations.receiver import ReceiverError
 from trunkproxy.secret import load_or_create_secret
 
 log = logging.getLogger("trunkproxy.supervisor")
@@ -305,8 +306,8 @@ async def _main(config: Config, load_config=None) -> int:
         await stop_event.wait()
         log.info("stopping")
         return 0
-    except (StartupError, OSError) as exc:
-        log.error("%s", exc)
+    except (StartupError, ReceiverError, OSError) as exc:
+        log.error("%s", exc)  # expected failures (already running, port in use): one line, no traceback
         return 1
     finally:
         for task in reloads:

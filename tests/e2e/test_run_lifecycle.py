@@ -37,3 +37,11 @@ def test_sigterm_stops_everything(endpoint):
     gone, alive = psutil.wait_procs(workers, timeout=5)
     assert alive == []
     assert sip_ping(endpoint.internal_ip, endpoint.internal_port) is None
+
+
+def test_a_second_run_on_the_same_state_says_so_in_one_line(endpoint):
+    # the same configuration again while it runs: refused with one clear line, no traceback
+    second = endpoint.cli("run", timeout=30)
+    assert second.returncode == 1
+    assert "already running" in second.stderr and "Traceback" not in second.stderr, second.stderr
+    assert endpoint.proc.poll() is None  # the first one keeps running
