@@ -34,6 +34,9 @@ addresses = ["192.0.2.10:5060", "192.0.2.11"]
     ("[proxy]\ninstance_networks = ['10.0.0.0/33']\n", "is not an IP network"),
     ("[providers.'x.test']\naddresses = ['x.test:5060']\n", "pinned addresses must be IP[:PORT]"),
     ("[proxy\n", "not valid TOML"),
+    ("[proxy]\nallow_destinations = ['10.0.0.0/33']\n", "key `proxy.allow_destinations`"),
+    ("[[endpoints]]\ninterface = 'lo'\nallow_destinations = ['sip example']\n",
+     "'sip example' is neither an IP network ('203.0.113.0/24', '192.0.2.10') nor a host name"),
 ])
 def test_errors_name_file_and_key(tmp_path, body, expected):
     path = tmp_path / "bad.toml"

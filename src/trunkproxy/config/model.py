@@ -5,9 +5,11 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from trunkproxy.routing.destinations import is_host_name
 
 Transport = Literal["udp", "tcp"]
 
@@ -29,16 +31,14 @@ _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 def _allow_list(value: list[str] | None) -> list[str] | None:
     """Each entry an IP network or address, or a host name (`*.` for its subdomains)."""
     for entry in value or ():
-        try:
-            ipaddress.ip_network(entry, strict=False)
-            continue
-        except ValueError:
-            pass
         name = entry.lower().removeprefix("*.").rstrip(".")
-        if not name or not all(_HOST_LABEL.match(label) for label in name.split(".")):
+        if is_host_name(entry) and not (name and all(_HOST_LABEL.match(label) for label in name.split("."))):
             raise ValueError(f"{entry!r} is neither an IP network ('203.0.113.0/24', '192.0.2.10') nor a host name "
                              "('sip.example.net', '*.example.net')")
     return value
+
+
+AllowList = Annotated[list[str] | None, AfterValidator(_allow_list)]
 
 
 class ProxySettings(_Strict):
@@ -62,16 +62,11 @@ class ProxySettings(_Strict):
     invite_timeout_ms: int = Field(default=120000, ge=1000)
     """After a provisional reply, how long an INVITE may ring before it is given up."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    allow_destinations: list[str] | None = None
+    allow_destinations: AllowList = None
     """Where PBXs' requests may go, host-wide: networks (`203.0.113.0/24`) and host names
     (`sip.example.net`, `*.example.net`); everything else is refused. Unset: anywhere except
     the instance networks, the host's own addresses, loopback, link-local and multicast
     (docs/routing.md, "Tenant isolation"). An endpoint's own list replaces this one."""
-
-    @field_validator("allow_destinations")
-    @classmethod
-    def _allow_parses(cls, value: list[str] | None) -> list[str] | None:
-        return _allow_list(value)
 
     @field_validator("instance_networks")
     @classmethod
@@ -147,13 +142,8 @@ class Endpoint(_Strict):
     """Seconds between OPTIONS keepalives to providers with registered flows (0 = off)."""
     path: bool = True
     """Add a Path header (RFC 3327) to REGISTERs in addition to rewriting the Contact."""
-    allow_destinations: list[str] | None = None
+    allow_destinations: AllowList = None
     """This endpoint's allow-list (as `[proxy] allow_destinations`, which it replaces)."""
-
-    @field_validator("allow_destinations")
-    @classmethod
-    def _allow_parses(cls, value: list[str] | None) -> list[str] | None:
-        return _allow_list(value)
 
     @property
     def endpoint_name(self) -> str:

@@ -92,11 +92,13 @@ def _canonical(text: str) -> IpAddress | None:
     return mapped or ip
 
 
-def _most_specific(ip: IpAddress, networks) -> IpNetwork | None:
+def _most_specific(ip: IpAddress, entries, network=lambda entry: entry):
+    """The entry whose network (`network(entry)`) contains `ip` with the longest prefix."""
     best = None
-    for net in networks:
-        if net.version == ip.version and ip in net and (best is None or net.prefixlen > best.prefixlen):
-            best = net
+    for entry in entries:
+        net = network(entry)
+        if net.version == ip.version and ip in net and (best is None or net.prefixlen > network(best).prefixlen):
+            best = entry
     return best
 
 
@@ -118,11 +120,11 @@ def destination_refusal(policy: DestinationPolicy, ip_text: str, port: int, hop_
         return f"{ip_text!r} is not an IP address"
     if (ip, port) in policy.pinned:
         return None
-    refused = _most_specific(ip, (net for net, _why in policy.refused))
+    refused = _most_specific(ip, policy.refused, network=lambda entry: entry[0])
     allowed = _most_specific(ip, policy.allowed)
-    if refused is not None and (allowed is None or allowed.prefixlen < refused.prefixlen):
-        why = next(why for net, why in policy.refused if net == refused)
-        return f"{why} {refused}"
+    if refused is not None and (allowed is None or allowed.prefixlen < refused[0].prefixlen):
+        net, why = refused
+        return f"{why} {net}"
     if policy.restricted and allowed is None and not _name_allowed(policy, hop_host):
         return "not in allow_destinations"
     return None

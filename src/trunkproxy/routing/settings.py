@@ -75,23 +75,20 @@ class EndpointSettings:
 
     def is_own(self, host: str, port: int | None) -> bool:
         """Does host[:port] name one of this endpoint's sockets (bound or advertised)?"""
-        host = host.lower()
-        if host in self.aliases:
-            return True
-        port = port or 5060
-        return any(
-            (host == s.host and port == s.port) or (host == s.advertised_host and port == s.advertised_port)
-            for side in (self.internal, self.external) for s in side.values()
-        )
+        return host.lower() in self.aliases or _names_socket(host, port, self.internal, self.external)
 
     def is_external(self, host: str, port: int | None) -> bool:
         """Does host[:port] name one of this endpoint's external sockets (bound or advertised)?"""
-        host, port = host.lower(), port or 5060
-        return any((host == s.host and port == s.port) or (host == s.advertised_host and port == s.advertised_port)
-                   for s in self.external.values())
+        return _names_socket(host, port, self.external)
 
     def is_instance_source(self, address: str) -> bool:
         return _in_networks(self.instance_networks, address)
+
+
+def _names_socket(host: str, port: int | None, *sides: dict[str, Socket]) -> bool:
+    host, port = host.lower(), port or 5060
+    return any((host == s.host and port == s.port) or (host == s.advertised_host and port == s.advertised_port)
+               for side in sides for s in side.values())
 
 
 @functools.lru_cache(maxsize=1024)  # a handful of PBX addresses, asked on every request
