@@ -9,14 +9,17 @@ import signal
 import socket
 
 from trunkproxy.config.model import Config
-from trunkproxy.kamailio.process import KamailioProcess, kamailio_argv
+from trunkproxy.kamailio.process import kamailio_argv
 from trunkproxy.kamailio.render import (
     InterfaceError,
     ResolvedEndpoint,
     kamailio_cfg,
     resolve_endpoint,
+    rtpengine_installed,
     settings_json,
 )
+from trunkproxy.media.daemon import MediaRelay, MediaRelayError, media_argv
+from trunkproxy.supervised import SupervisedProcess
 from trunkproxy.atomic import write_atomically
 from trunkproxy.kamailio.rpc import RpcError, rpc_call
 from trunkproxy.registrations import paths as registration_paths
@@ -35,7 +38,8 @@ class Supervisor:
         self.config = config
         self.hostname = config.proxy.hostname or socket.gethostname().split(".")[0]
         self.endpoints: list[ResolvedEndpoint] = []
-        self.processes: dict[str, KamailioProcess] = {}
+        self.processes: dict[str, SupervisedProcess] = {}
+        self.media: MediaRelay | None = None
         self.secret = b""
         self.provider_overrides: dict[str, dict] = {}
         self.events_socket = str(registration_paths.socket_path(config.state_path))
@@ -58,6 +62,16 @@ class Supervisor:
         """Resolve every endpoint's interface and render its Kamailio config (writes nothing)."""
         if not config.endpoints:
             raise StartupError("no [[endpoints]] configured: add at least one (see docs/configuration.md)")
+        if not rtpengine_installed(config):
+            wanted = [e.endpoint_name for e in config.endpoints
+                      if (e.media_relay if e.media_relay is not None else config.media.relay) is True]
+            if wanted:
+                raise StartupError(f"endpoint {wanted[0]}: media relay is on but {config.media.binary!r} is not "
+                                   "installed: install Debian's rtpengine-daemon (scripts/install-system-deps "
+                                   "does), or set [media] relay = \"auto\" or false")
+            if config.media.relay == "auto":
+                log.warning("media is not relayed (RTP goes directly between PBX and provider): %r is not "
+                            "installed; install Debian's rtpengine-daemon", config.media.binary)
         endpoints, configs = [], {}
         for endpoint in config.endpoints:
             try:
@@ -85,6 +99,7 @@ class Supervisor:
             log.error("reload refused, the running configuration stays in force: %s", exc)
             return
         self.config = new
+        await self._restart_media_if_changed(endpoints)
         names = {r.name for r in endpoints}
         for name in [n for n in self.processes if n not in names]:
             log.info("reload: endpoint %s removed", name)
@@ -132,7 +147,36 @@ class Supervisor:
         log.info("provider settings updated on %d endpoint(s): %s", len(self.endpoints),
                  ", ".join(sorted(overrides)) or "none")
 
+    def _media_argv(self, endpoints: list[ResolvedEndpoint]) -> list[str] | None:
+        interfaces = [i for r in endpoints if r.relays_media for i in r.media_interfaces]
+        return media_argv(self.config, interfaces) if interfaces else None
+
+    async def _start_media(self, argv: list[str] | None) -> None:
+        """The host's rtpengine, before the Kamailios that use it."""
+        if argv is None:
+            return
+        self.media = MediaRelay(argv, self.config.media.control_port)
+        try:
+            await self.media.start()
+        except MediaRelayError as exc:
+            raise StartupError(f"media relay: {exc}") from exc
+
+    async def _restart_media_if_changed(self, endpoints: list[ResolvedEndpoint]) -> None:
+        argv = self._media_argv(endpoints)
+        if (self.media.argv if self.media else None) == argv:
+            return
+        if self.media is not None:
+            log.warning("reload: the media relay's interfaces or ports changed; restarting rtpengine "
+                        "(calls in progress lose their media)")
+            await self.media.stop()
+            self.media = None
+        try:
+            await self._start_media(argv)
+        except StartupError as exc:
+            log.error("reload: %s", exc)
+
     async def start(self) -> None:
+        await self._start_media(self._media_argv(self.endpoints))
         for resolved in self.endpoints:
             await self._start_endpoint(resolved)
         for resolved in self.endpoints:
@@ -142,7 +186,7 @@ class Supervisor:
         proxy = self.config.proxy
         env = dict(os.environ, TRUNKPROXY_ENDPOINT_SETTINGS=str(resolved.settings_path))
         argv = kamailio_argv(proxy.kamailio_binary, resolved.config_path, resolved.run_dir, proxy.shm_mb, proxy.pkg_mb)
-        process = KamailioProcess(resolved.name, argv, env)
+        process = SupervisedProcess(f"endpoint {resolved.name}", "kamailio", argv, env)
         self.processes[resolved.name] = process
         await process.start()
 
@@ -167,6 +211,8 @@ class Supervisor:
 
     async def stop(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.processes.values()), return_exceptions=True)
+        if self.media is not None:
+            await self.media.stop()
 
     def endpoint_status(self) -> list[dict]:
         out = []
@@ -180,6 +226,7 @@ class Supervisor:
                 "internal": f"{ep.internal_address}:{ep.internal_port}",
                 "external": f"{resolved.external_address}:{ep.external_port}",
                 "transports": list(ep.transports),
+                "media": "relayed" if resolved.relays_media else "direct",
                 "consul_name": self.consul_name(resolved.name),
                 "pid": status.pid if status else None,
                 "state": status.state if status else "stopped",

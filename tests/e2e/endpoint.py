@@ -42,12 +42,17 @@ class TrunkproxyRun:
     # providers of the namespace tests
     allow_destinations: list[str] | None = field(
         default_factory=lambda: ["127.0.0.1/32", "198.51.100.0/24", "203.0.113.0/24"])
+    # `[media] relay` (None: not written, "auto": relayed where rtpengine is installed);
+    # each run's rtpengine gets its own control port
+    media_relay: bool | None = None
+    media_control_port: int | None = None
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.internal_port = self.internal_port or free_port(self.internal_ip)
         self.external_port = self.external_port or free_port(self.external_ip or "127.0.0.1")
+        self.media_control_port = self.media_control_port or free_port()
         self.config_path = self.workdir / "trunkproxy.toml"
         self.log_path = self.workdir / "trunkproxy.log"
 
@@ -76,6 +81,9 @@ class TrunkproxyRun:
             "[api]",
             f"enabled = {'true' if self.api_port else 'false'}",
             f"port = {self.api_port}",
+            "[media]",
+            f"control_port = {self.media_control_port}",
+            "" if self.media_relay is None else f"relay = {'true' if self.media_relay else 'false'}",
             "[[endpoints]]",
             f'interface = "{self.interface}"',
             external.rstrip(),

@@ -79,6 +79,36 @@ class ProxySettings(_Strict):
         return value
 
 
+class MediaSettings(_Strict):
+    """The media relay: one rtpengine for the host, anchoring every call's RTP on the endpoint
+    that carries its signalling (docs/media.md)."""
+
+    relay: Literal["auto"] | bool = "auto"
+    """Relay media through the endpoints: `true`, `false`, or `"auto"` (wherever rtpengine is
+    installed). An endpoint's own `media_relay` replaces this."""
+    port_min: int = Field(default=30000, ge=1024, le=65535)
+    port_max: int = Field(default=39999, ge=1024, le=65535)
+    """RTP/RTCP ports rtpengine allocates from (two per stream and side: one call with audio
+    takes four)."""
+    control_port: int = Field(default=22222, ge=1, le=65535)
+    """rtpengine's ng control socket, on 127.0.0.1 only."""
+    binary: str = "rtpengine"
+    timeout_s: int = Field(default=60, ge=5)
+    """A call with no media in either direction for this long is ended by rtpengine (its
+    session deleted: a lost BYE must not hold ports for ever)."""
+    one_way_alarm_s: int = Field(default=10, ge=2)
+    """A call whose media stops in one direction for this long is logged with its Call-ID."""
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    """How often the control plane reads rtpengine's per-call statistics."""
+
+    @model_validator(mode="after")
+    def _port_range(self) -> "MediaSettings":
+        if self.port_max - self.port_min < 3:
+            raise ValueError(f"port_min = {self.port_min} and port_max = {self.port_max} leave no room for a call: "
+                             "port_max must be at least port_min + 3 (one call takes four ports)")
+        return self
+
+
 class ApiSettings(_Strict):
     """The HTTP API and /metrics."""
 
@@ -144,6 +174,8 @@ class Endpoint(_Strict):
     """Add a Path header (RFC 3327) to REGISTERs in addition to rewriting the Contact."""
     allow_destinations: AllowList = None
     """This endpoint's allow-list (as `[proxy] allow_destinations`, which it replaces)."""
+    media_relay: bool | None = None
+    """Relay this endpoint's media (`[media] relay`, which this replaces when set)."""
 
     @property
     def endpoint_name(self) -> str:
@@ -158,6 +190,7 @@ class Endpoint(_Strict):
 
 class Config(_Strict):
     proxy: ProxySettings = ProxySettings()
+    media: MediaSettings = MediaSettings()
     api: ApiSettings = ApiSettings()
     consul: ConsulSettings = ConsulSettings()
     endpoints: list[Endpoint] = Field(default_factory=list)

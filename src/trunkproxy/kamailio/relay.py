@@ -13,6 +13,7 @@ def fail_over(route_name: str, alternates: tuple[str, ...] = ()) -> int:
     `alternates`: the failover hops of a REGISTER replayed natively (kept in its
     registration); $avp(tp_alt) holds those not tried yet, empty when all were."""
     if KSR.tm.t_is_canceled() > 0:
+        KSR.route("MEDIA_END")
         return 1
     remaining = next_hops(alternates)
     if remaining and fails_over(int(KSR.pv.get("$T_reply_code") or 0)):
@@ -20,9 +21,12 @@ def fail_over(route_name: str, alternates: tuple[str, ...] = ()) -> int:
         KSR.pv.sets("$du", first)
         KSR.pv.sets("$avp(tp_alt)", rest)
         KSR.tm.t_on_failure(route_name)
-        if KSR.tm.t_relay() < 0 and refused():
-            KSR.tm.t_reply(403, "Forbidden")
+        if KSR.tm.t_relay() < 0:
+            KSR.route("MEDIA_END")
+            if refused():
+                KSR.tm.t_reply(403, "Forbidden")
         return 1
+    KSR.route("MEDIA_END")
     if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
         KSR.tm.t_reply(503, "Service Unavailable")
     return 1
@@ -44,6 +48,11 @@ def fails_over(code: int) -> bool:
 def refused() -> bool:
     """Did onsend_route refuse to send the current message (Router.check_destination)?"""
     return KSR.pv.get("$var(tp_refused)") == KSR.pv.get("$mi")
+
+
+def media_refused() -> bool:
+    """Did route MEDIA refuse the current message's SDP (and answer it 488)?"""
+    return KSR.pv.get("$var(tp_nomedia)") == KSR.pv.get("$mi")
 
 
 _HEADER_SPECS: dict[str, str] = {}
@@ -95,7 +104,12 @@ def apply_decision(decision: decide.Decision) -> None:
         KSR.tm.t_on_failure(decision.on_failure)
     # one final answer when nothing could be sent: ours (as route NOT_RELAYED), not tm's 477
     KSR.tm.t_set_disable_internal_reply(1)
+    # the media step of route RELAY: SDP rewritten, reply and failure routes armed
+    KSR.route("MEDIA")
+    if media_refused():
+        return
     if KSR.tm.t_relay() < 0 and KSR.pv.get("$rm") != "ACK":
+        KSR.route("MEDIA_END")
         if refused():
             KSR.sl.send_reply(403, "Forbidden")
         else:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
 import socket
 from dataclasses import dataclass
 from importlib import resources
@@ -11,6 +12,7 @@ from pathlib import Path
 import psutil
 
 from trunkproxy.config.model import Config, Endpoint
+from trunkproxy.media import plan as media_plan
 from trunkproxy.routing.addresses import parse_hostport
 from trunkproxy.routing.destinations import FLT_FROM_PBX, FLT_IN_DIALOG, is_host_name
 from trunkproxy.routing.settings import socket_name
@@ -27,6 +29,13 @@ class ResolvedEndpoint:
     endpoint: Endpoint
     external_address: str
     run_dir: Path
+    relays_media: bool = False
+
+    @property
+    def media_interfaces(self) -> tuple[media_plan.MediaInterface, media_plan.MediaInterface]:
+        adv = _advertise(self.endpoint)
+        return media_plan.endpoint_interfaces(self.name, self.endpoint.internal_address, self.external_address,
+                                              adv[0] if adv else None)
 
     @property
     def name(self) -> str:
@@ -124,10 +133,15 @@ def allow_destinations(config: Config, endpoint: Endpoint) -> list[str] | None:
     return endpoint.allow_destinations if endpoint.allow_destinations is not None else config.proxy.allow_destinations
 
 
+def rtpengine_installed(config: Config) -> bool:
+    return shutil.which(config.media.binary) is not None
+
+
 def resolve_endpoint(config: Config, endpoint: Endpoint) -> ResolvedEndpoint:
     address = endpoint.external_address or interface_address(endpoint.interface)
     run_dir = config.state_path / "run" / endpoint.endpoint_name
-    return ResolvedEndpoint(endpoint, address, run_dir)
+    relays = media_plan.relays_media(config.media, endpoint, rtpengine_installed(config))
+    return ResolvedEndpoint(endpoint, address, run_dir, relays)
 
 
 def _hostport(host: str, port: int) -> str:
@@ -217,6 +231,17 @@ def kamailio_cfg(config: Config, resolved: ResolvedEndpoint, aliases: list[str] 
         # the allow-list's names match the host of the next hop: a verdict depends on it then
         "NEXT_HOP_KEY": "|$nh(d)" if any(is_host_name(a) for a in allow_destinations(config, ep) or ()) else "",
     }
+    values.update(_media_values(config, resolved))
     for key, value in values.items():
         template = template.replace(f"@@{key}@@", value)
     return template
+
+
+def _media_values(config: Config, resolved: ResolvedEndpoint) -> dict[str, str]:
+    """WITH_MEDIA defined when the endpoint relays media (the template's `#!ifdef` blocks)."""
+    return {
+        "MEDIA_DEFINE": "#!define WITH_MEDIA" if resolved.relays_media else "",
+        "MEDIA_CONTROL": f"udp:{media_plan.CONTROL_HOST}:{config.media.control_port}",
+        "MEDIA_FROM_PBX": media_plan.offer_flags(resolved.name, from_pbx=True),
+        "MEDIA_FROM_PROVIDER": media_plan.offer_flags(resolved.name, from_pbx=False),
+    }

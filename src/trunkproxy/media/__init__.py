@@ -1,0 +1,1 @@
+"""The media relay: the host's rtpengine, its interfaces per endpoint side, its statistics."""
