@@ -66,6 +66,7 @@ class SipUa:
         self.name = name
         self.outbound = outbound
         self.inbox: list[SipMessage] = []
+        self._invite_ruri: dict[str, str] = {}
 
     @property
     def hostport(self) -> str:
@@ -98,9 +99,25 @@ class SipUa:
         return self.expect(lambda m: m.is_request and m.method == method, timeout)
 
     def expect_status(self, method: str, status: int | None = None, timeout: float = 3.0,
-                      final: bool = False) -> SipMessage:
-        return self.expect(lambda m: not m.is_request and m.method == method
-                           and (status is None or m.status == status) and (not final or m.status >= 200), timeout)
+                      final: bool = False, dialog: Dialog | None = None) -> SipMessage:
+        """A reply (to `dialog`'s requests only, when given); a negative final reply to an
+        INVITE is acknowledged (hop by hop, RFC 3261 17.1.1.3)."""
+        msg = self.expect(lambda m: not m.is_request and m.method == method
+                          and (status is None or m.status == status) and (not final or m.status >= 200)
+                          and (dialog is None or m.header("Call-ID") == dialog.call_id), timeout)
+        if method == "INVITE" and msg.status >= 300:
+            self._ack_negative(msg)
+        return msg
+
+    def _ack_negative(self, reply: SipMessage) -> None:
+        via = reply.header("Via")
+        branch = re.search(r"branch=([^;\s]+)", via).group(1)
+        lines = [f"ACK {self._invite_ruri.get(reply.header('Call-ID'), 'sip:x@invalid')} SIP/2.0",
+                 f"Via: SIP/2.0/UDP {self.hostport};branch={branch};rport", "Max-Forwards: 70",
+                 f"From: {reply.header('From')}", f"To: {reply.header('To')}", f"Call-ID: {reply.header('Call-ID')}",
+                 f"CSeq: {reply.header('CSeq').split()[0]} ACK", "Content-Length: 0"]
+        target = _hostport_of("sip:" + self.outbound) if self.outbound else reply.src[:2]
+        self.peer.sock.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), target)
 
     # --- sending
 
@@ -130,6 +147,7 @@ class SipUa:
         dialog = Dialog(call_id=f"media-{n}-{time.monotonic_ns()}@{self.peer.ip}", local_tag=f"{self.name}{n}",
                         local_uri=f"sip:{self.name}@{self.peer.ip}", remote_uri=ruri, remote_target=ruri)
         dialog.invite_branch = self._send_request(dialog, "INVITE", ruri, body=body, to_tag=None, extra=extra)
+        self._invite_ruri[dialog.call_id] = ruri
         return dialog
 
     def cancel(self, dialog: Dialog) -> None:

@@ -72,3 +72,172 @@ def test_outbound_call_media_flows_through_the_endpoint_both_ways(lab):
     provider.reply(provider.expect_request("BYE"), 200, "OK")
     pbx.expect_status("BYE", 200)
     assert rtpengine_sessions(endpoint) == 0
+
+
+def _hang_up(caller, callee, dialog):
+    caller.request(dialog, "BYE")
+    callee.reply(callee.expect_request("BYE"), 200, "OK")
+    caller.expect_status("BYE", 200)
+
+
+def _flows(media, pbx_sees, provider_sees, count=20):
+    """RTP sent each way to the addresses each side was given arrives, from the endpoint's
+    side facing the receiver."""
+    media["pbx"].send(pbx_sees, count)
+    media["provider"].send(provider_sees, count)
+    at_provider, at_pbx = media["provider"].received(0.5), media["pbx"].received(0.5)
+    assert len(at_provider) >= count - 1 and {ip for ip, _ in at_provider} == {EXTERNAL_IP}
+    assert len(at_pbx) >= count - 1 and {ip for ip, _ in at_pbx} == {"127.0.0.1"}
+
+
+def _register(pbx, provider, endpoint) -> str:
+    """The PBX registers through the endpoint; returns the Contact URI the provider got."""
+    n = id(pbx) % 1000
+    lines = ["REGISTER sip:tel.example.test SIP/2.0",
+             f"Via: SIP/2.0/UDP {pbx.hostport};branch=z9hG4bK-reg-{n};rport", "Max-Forwards: 70",
+             "From: <sip:4930111@tel.example.test>;tag=reg1", "To: <sip:4930111@tel.example.test>",
+             f"Call-ID: reg-{n}@127.0.0.1", "CSeq: 1 REGISTER", f"Contact: <sip:4930111@{pbx.hostport}>",
+             "Expires: 300", "Content-Length: 0"]
+    host, port = endpoint.internal_hostport.split(":")
+    pbx.peer.sock.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), (host, int(port)))
+    register = provider.expect_request("REGISTER")
+    provider.reply(register, 200, "OK", extra=f"Contact: {register.header('Contact')};expires=300")
+    pbx.expect_status("REGISTER", 200)
+    return register.uri_of("Contact")
+
+
+def test_inbound_call_media_flows_and_each_side_sees_its_own_address(lab):
+    endpoint, pbx, provider, media = lab
+    contact = _register(pbx, provider, endpoint)
+    provider.outbound = endpoint.external_hostport
+    dialog = provider.invite(contact, sdp(PROVIDER_MEDIA_IP, media["provider"].port))
+    invite = pbx.expect_request("INVITE")
+    assert sdp_address(invite.body)[0] == "127.0.0.1" and PROVIDER_MEDIA_IP not in invite.body
+    near = pbx.accept(invite)
+    pbx.reply(invite, 180, "Ringing", dialog=near)
+    pbx.reply(invite, 200, "OK", dialog=near, body=sdp(PBX_MEDIA_IP, media["pbx"].port))
+    ok = provider.expect_status("INVITE", 200)
+    assert sdp_address(ok.body)[0] == EXTERNAL_IP and PBX_MEDIA_IP not in ok.body
+    provider.confirm(dialog, ok)
+    provider.ack(dialog)
+    pbx.expect_request("ACK")
+    _flows(media, sdp_address(invite.body), sdp_address(ok.body))
+    _hang_up(provider, pbx, dialog)
+    assert rtpengine_sessions(endpoint) == 0
+
+
+def test_late_offer_in_the_2xx_answered_in_the_ack(lab):
+    endpoint, pbx, provider, media = lab
+    dialog = pbx.invite("sip:0301234567@tel.example.test")  # no SDP: the provider offers
+    invite = provider.expect_request("INVITE")
+    assert not invite.body
+    far = provider.accept(invite)
+    provider.reply(invite, 200, "OK", dialog=far, body=sdp(PROVIDER_MEDIA_IP, media["provider"].port))
+    ok = pbx.expect_status("INVITE", 200)
+    assert sdp_address(ok.body)[0] == "127.0.0.1"
+    pbx.confirm(dialog, ok)
+    pbx.ack(dialog, body=sdp(PBX_MEDIA_IP, media["pbx"].port))
+    ack = provider.expect_request("ACK")
+    assert sdp_address(ack.body)[0] == EXTERNAL_IP and PBX_MEDIA_IP not in ack.body
+    _flows(media, sdp_address(ok.body), sdp_address(ack.body))
+    _hang_up(pbx, provider, dialog)
+    assert rtpengine_sessions(endpoint) == 0
+
+
+def test_hold_unhold_by_reinvite_and_update_from_either_side(lab):
+    endpoint, pbx, provider, media = lab
+    dialog, far, offer_seen, answer_seen = _outbound_call(pbx, provider, media)
+    # the PBX holds (sendonly) and resumes by re-INVITE
+    for version, direction in ((2, "sendonly"), (3, "sendrecv")):
+        pbx.request(dialog, "INVITE", sdp(PBX_MEDIA_IP, media["pbx"].port, direction=direction, version=version))
+        reinvite = provider.expect_request("INVITE")
+        assert sdp_address(reinvite.body)[0] == EXTERNAL_IP and f"a={direction}" in reinvite.body
+        provider.reply(reinvite, 200, "OK", dialog=far,
+                       body=sdp(PROVIDER_MEDIA_IP, media["provider"].port, version=version,
+                                direction="recvonly" if direction == "sendonly" else "sendrecv"))
+        ok = pbx.expect_status("INVITE", 200)
+        assert sdp_address(ok.body)[0] == "127.0.0.1" and PROVIDER_MEDIA_IP not in ok.body
+        pbx.ack(dialog)
+        provider.expect_request("ACK")
+    # the provider changes the media by UPDATE (a new port on its side)
+    moved = RtpPeer(PROVIDER_MEDIA_IP)
+    try:
+        provider.request(far, "UPDATE", sdp(PROVIDER_MEDIA_IP, moved.port, version=5))
+        update = pbx.expect_request("UPDATE")
+        assert sdp_address(update.body)[0] == "127.0.0.1" and PROVIDER_MEDIA_IP not in update.body
+        pbx.reply(update, 200, "OK", body=sdp(PBX_MEDIA_IP, media["pbx"].port, version=4))
+        ok = provider.expect_status("UPDATE", 200)
+        assert sdp_address(ok.body)[0] == EXTERNAL_IP
+        media["pbx"].send(sdp_address(update.body), 20)
+        at_moved = moved.received(0.5)
+        assert len(at_moved) >= 19 and {ip for ip, _ in at_moved} == {EXTERNAL_IP}
+    finally:
+        moved.close()
+    _hang_up(provider, pbx, far)
+    assert rtpengine_sessions(endpoint) == 0
+
+
+def test_early_media_in_a_reliable_183_with_prack(lab):
+    endpoint, pbx, provider, media = lab
+    dialog = pbx.invite("sip:0301234567@tel.example.test", sdp(PBX_MEDIA_IP, media["pbx"].port),
+                        extra="Supported: 100rel")
+    invite = provider.expect_request("INVITE")
+    far = provider.accept(invite)
+    provider.reply(invite, 183, "Session Progress", dialog=far,
+                   body=sdp(PROVIDER_MEDIA_IP, media["provider"].port), extra="Require: 100rel\nRSeq: 1")
+    progress = pbx.expect_status("INVITE", 183)
+    assert sdp_address(progress.body)[0] == "127.0.0.1"
+    pbx.confirm(dialog, progress)
+    pbx.request(dialog, "PRACK", extra="RAck: 1 1 INVITE")
+    provider.reply(provider.expect_request("PRACK"), 200, "OK")
+    pbx.expect_status("PRACK", 200)
+    # the announcement reaches the PBX before the answer
+    media["provider"].send(sdp_address(invite.body), 20)
+    early = media["pbx"].received(0.5)
+    assert len(early) >= 19 and {ip for ip, _ in early} == {"127.0.0.1"}
+    provider.reply(invite, 200, "OK", dialog=far, body=sdp(PROVIDER_MEDIA_IP, media["provider"].port))
+    pbx.ack(dialog) if pbx.expect_status("INVITE", 200) else None
+    provider.expect_request("ACK")
+    _flows(media, sdp_address(progress.body), sdp_address(invite.body))
+    _hang_up(pbx, provider, dialog)
+    assert rtpengine_sessions(endpoint) == 0
+
+
+def test_cancelled_rejected_and_unanswered_calls_leave_no_session(lab):
+    endpoint, pbx, provider, media = lab
+    # CANCEL before the answer
+    dialog = pbx.invite("sip:0301234567@tel.example.test", sdp(PBX_MEDIA_IP, media["pbx"].port))
+    invite = provider.expect_request("INVITE")
+    far = provider.accept(invite)
+    provider.reply(invite, 180, "Ringing", dialog=far)
+    pbx.expect_status("INVITE", 180)
+    assert rtpengine_sessions(endpoint) == 1
+    pbx.cancel(dialog)
+    provider.reply(provider.expect_request("CANCEL"), 200, "OK")
+    provider.reply(invite, 487, "Request Terminated", dialog=far)
+    pbx.expect_status("INVITE", 487, dialog=dialog)
+    provider.expect_request("ACK")
+    assert rtpengine_sessions(endpoint) == 0
+    # a 486
+    dialog = pbx.invite("sip:0301234567@tel.example.test", sdp(PBX_MEDIA_IP, media["pbx"].port))
+    invite = provider.expect_request("INVITE")
+    provider.reply(invite, 486, "Busy Here", dialog=provider.accept(invite))
+    pbx.expect_status("INVITE", 486, dialog=dialog)
+    assert rtpengine_sessions(endpoint) == 0
+    # no answer at all: the endpoint gives up after provider_timeout_ms (3 s here)
+    dialog = pbx.invite("sip:0301234567@tel.example.test", sdp(PBX_MEDIA_IP, media["pbx"].port))
+    provider.expect_request("INVITE")
+    final = pbx.expect_status("INVITE", timeout=8, final=True, dialog=dialog)
+    assert final.status in (408, 503)
+    assert rtpengine_sessions(endpoint) == 0
+
+
+def test_sdp_the_relay_cannot_take_gets_488_and_the_endpoint_keeps_serving(lab):
+    endpoint, pbx, provider, media = lab
+    pbx.invite("sip:0301234567@tel.example.test", "v=0\r\nthis is not sdp\r\n")
+    assert pbx.expect_status("INVITE", final=True).status == 488
+    assert "media relay refused the SDP" in endpoint.log()
+    assert rtpengine_sessions(endpoint) == 0
+    dialog, far, offer_seen, answer_seen = _outbound_call(pbx, provider, media)
+    _flows(media, sdp_address(answer_seen), sdp_address(offer_seen))
+    _hang_up(pbx, provider, dialog)
