@@ -8,6 +8,9 @@ where. The real peers here are Kamailio and rtpengine."""
 from __future__ import annotations
 
 import asyncio
+import time
+
+import psutil
 
 import pytest
 
@@ -15,6 +18,8 @@ from trunkproxy.media.ng import NgClient
 
 from .dialog import RtpPeer, SipUa, sdp, sdp_address
 from .endpoint import ProviderPin
+from .procs import wait_until
+from .test_decision_cache import _entries
 
 pytestmark = pytest.mark.e2e
 
@@ -241,3 +246,51 @@ def test_sdp_the_relay_cannot_take_gets_488_and_the_endpoint_keeps_serving(lab):
     dialog, far, offer_seen, answer_seen = _outbound_call(pbx, provider, media)
     _flows(media, sdp_address(answer_seen), sdp_address(offer_seen))
     _hang_up(pbx, provider, dialog)
+
+
+def test_repeated_calls_replayed_from_the_decision_cache_are_still_anchored(lab):
+    endpoint, pbx, provider, media = lab
+    contact = _register(pbx, provider, endpoint)
+    for _ in range(3):  # the second and third decisions are replayed natively
+        dialog, far, offer_seen, answer_seen = _outbound_call(pbx, provider, media)
+        assert sdp_address(offer_seen)[0] == EXTERNAL_IP and sdp_address(answer_seen)[0] == "127.0.0.1"
+        _flows(media, sdp_address(answer_seen), sdp_address(offer_seen))
+        _hang_up(pbx, provider, dialog)
+        provider.outbound = endpoint.external_hostport
+        dialog = provider.invite(contact, sdp(PROVIDER_MEDIA_IP, media["provider"].port))
+        invite = pbx.expect_request("INVITE")
+        near = pbx.accept(invite)
+        pbx.reply(invite, 200, "OK", dialog=near, body=sdp(PBX_MEDIA_IP, media["pbx"].port))
+        ok = provider.expect_status("INVITE", 200)
+        assert sdp_address(invite.body)[0] == "127.0.0.1" and sdp_address(ok.body)[0] == EXTERNAL_IP
+        provider.confirm(dialog, ok)
+        provider.ack(dialog)
+        pbx.expect_request("ACK")
+        _hang_up(provider, pbx, dialog)
+        provider.outbound = None
+    # one decision each way, memoised by the first call and replayed for the others
+    names = [e["name"] for e in _entries(endpoint, "tp_dec")]
+    assert len([n for n in names if n.startswith("INVITE|")]) == 1, names
+    assert len([n for n in names if n.startswith("I|INVITE|")]) == 1, names
+    assert rtpengine_sessions(endpoint) == 0
+
+
+def test_rtpengine_killed_mid_call_is_restarted_and_new_calls_get_media(lab):
+    endpoint, pbx, provider, media = lab
+    dialog, far, offer_seen, answer_seen = _outbound_call(pbx, provider, media)
+    rtpengine = [p for p in psutil.Process(endpoint.proc.pid).children() if p.name() == "rtpengine"]
+    assert len(rtpengine) == 1
+    rtpengine[0].kill()
+    wait_until(lambda: endpoint.log().count("media: rtpengine started") == 2, timeout=10,
+               message="rtpengine restarted")
+    wait_until(lambda: _answers(endpoint), timeout=10, message="rtpengine answers again")
+    time.sleep(2.5)  # Kamailio tries it again 2 s after it failed (rtpengine_disable_tout)
+    dialog, far, offer_seen, answer_seen = _outbound_call(pbx, provider, media)
+    assert sdp_address(offer_seen)[0] == EXTERNAL_IP
+    _flows(media, sdp_address(answer_seen), sdp_address(offer_seen))
+    _hang_up(pbx, provider, dialog)
+    assert rtpengine_sessions(endpoint) == 0
+
+
+def _answers(endpoint) -> bool:
+    return asyncio.run(NgClient("127.0.0.1", endpoint.media_control_port).ping())
