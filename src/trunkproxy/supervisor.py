@@ -272,6 +272,7 @@ class ControlPlane:
                                            listeners=[self.keepalive_targets.observe])
         self.api = None
         self.hosting = None
+        self.media_monitor = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -283,11 +284,22 @@ class ControlPlane:
 
         config = self.supervisor.config
         await self.monitor.start()
+        relaying = [r.name for r in self.supervisor.endpoints if r.relays_media]
+        if relaying:
+            from trunkproxy.media.monitor import MediaMonitor
+            from trunkproxy.media.ng import NgClient
+            from trunkproxy.media.plan import CONTROL_HOST
+
+            self.media_monitor = MediaMonitor(NgClient(CONTROL_HOST, config.media.control_port), relaying,
+                                              config.media.poll_interval_s, config.media.one_way_alarm_s)
+            self._tasks.append(asyncio.create_task(self.media_monitor.run(), name="media-monitor"))
         if config.api.enabled:
-            app = create_api_app(self.monitor, self.supervisor.endpoint_status, self.supervisor.kamailio_stats)
+            media = (lambda: self.media_monitor.snapshot.as_dict()) if self.media_monitor else None
+            app = create_api_app(self.monitor, self.supervisor.endpoint_status, self.supervisor.kamailio_stats,
+                                 media_provider=media)
             self.api = ApiServer(app, config.api.listen, config.api.port)
             await self.api.start()
-            log.info("HTTP API on %s (/api/registrations, /api/endpoints, /metrics)", self.api.url)
+            log.info("HTTP API on %s (/api/registrations, /api/endpoints, /api/media, /metrics)", self.api.url)
         for resolved in self.supervisor.endpoints:
             interval = resolved.endpoint.keepalive_interval
             if interval > 0:

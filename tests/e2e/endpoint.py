@@ -46,6 +46,7 @@ class TrunkproxyRun:
     # each run's rtpengine gets its own control port
     media_relay: bool | None = None
     media_control_port: int | None = None
+    media_toml: str = ""  # more lines of [media]
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -84,6 +85,7 @@ class TrunkproxyRun:
             "[media]",
             f"control_port = {self.media_control_port}",
             "" if self.media_relay is None else f"relay = {'true' if self.media_relay else 'false'}",
+            self.media_toml.strip(),
             "[[endpoints]]",
             f'interface = "{self.interface}"',
             external.rstrip(),

@@ -8,9 +8,12 @@ where. The real peers here are Kamailio and rtpengine."""
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 import time
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 import pytest
 
@@ -18,7 +21,7 @@ from trunkproxy.media.ng import NgClient
 
 from .dialog import RtpPeer, SipUa, sdp, sdp_address
 from .endpoint import ProviderPin
-from .procs import wait_until
+from .procs import free_port, wait_until
 from .test_decision_cache import _entries
 
 pytestmark = pytest.mark.e2e
@@ -294,3 +297,47 @@ def test_rtpengine_killed_mid_call_is_restarted_and_new_calls_get_media(lab):
 
 def _answers(endpoint) -> bool:
     return asyncio.run(NgClient("127.0.0.1", endpoint.media_control_port).ping())
+
+
+def test_media_is_visible_in_metrics_api_and_status_and_a_one_way_stop_is_logged(make_endpoint):
+    provider = SipUa("127.0.0.1", "provider")
+    endpoint = make_endpoint(providers=[ProviderPin("tel.example.test", [provider.hostport])],
+                             external_ip=EXTERNAL_IP, allow_destinations=["127.0.0.1/32"], api_port=free_port(),
+                             media_toml="poll_interval_s = 0.5\none_way_alarm_s = 2")
+    pbx = SipUa("127.0.0.1", "pbx", outbound=endpoint.internal_hostport)
+    media = {"pbx": RtpPeer(PBX_MEDIA_IP), "provider": RtpPeer(PROVIDER_MEDIA_IP)}
+    try:
+        dialog, far, offer_seen, answer_seen = _outbound_call(pbx, provider, media)
+        # both ways for a while, then the provider goes quiet while the PBX goes on
+        for _ in range(8):
+            media["pbx"].send(sdp_address(answer_seen), 10, interval=0.02)
+            media["provider"].send(sdp_address(offer_seen), 10, interval=0.02)
+        for _ in range(20):
+            media["pbx"].send(sdp_address(answer_seen), 10, interval=0.02)
+        wait_until(lambda: "media stopped provider to pbx" in endpoint.log(), timeout=5,
+                   message="the one-way stop logged")
+        assert f"Call-ID {dialog.call_id}" in endpoint.log()
+        metrics = _metrics(endpoint)
+        assert metrics[("trunkproxy_media_sessions", (("endpoint", "iflo"),))] == 1
+        sent = metrics[("trunkproxy_media_packets_total", (("direction", "pbx_to_provider"), ("endpoint", "iflo")))]
+        assert sent >= 250
+        assert metrics[("trunkproxy_media_one_way_calls_total", (("endpoint", "iflo"),))] == 1
+        assert metrics[("trunkproxy_media_up", ())] == 1
+        with urllib.request.urlopen(f"{endpoint.api_url}/api/media", timeout=5) as response:
+            assert json.load(response)["sessions"] == {"iflo": 1}
+        status = endpoint.cli("status")
+        assert status.returncode == 0 and "media relay: 1 active session(s)" in status.stdout, status
+        assert "endpoint iflo: 1 call(s) with media" in status.stdout
+        _hang_up(pbx, provider, dialog)
+        wait_until(lambda: _metrics(endpoint)[("trunkproxy_media_sessions", (("endpoint", "iflo"),))] == 0,
+                   timeout=5, message="no session left in /metrics")
+    finally:
+        for party in (pbx, provider, *media.values()):
+            party.close()
+
+
+def _metrics(endpoint) -> dict:
+    with urllib.request.urlopen(f"{endpoint.api_url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

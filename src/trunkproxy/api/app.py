@@ -2,6 +2,7 @@
 
     GET /api/registrations[?endpoint=E&trunk=T&state=S]   {"registrations": [...], "now": ts}
     GET /api/endpoints                                     {"endpoints": [...]}
+    GET /api/media                                         the media relay (trunkproxy.media.monitor)
     GET /metrics                                           Prometheus text format
 
 `endpoints_provider()` returns the supervisor's view of the endpoints (a list of dicts, or an
@@ -31,6 +32,7 @@ MONITOR = web.AppKey("monitor", RegistrationMonitor)
 ENDPOINTS = web.AppKey("endpoints_provider", object)
 STATS = web.AppKey("stats_provider", object)
 STATS_TIMEOUT = web.AppKey("stats_timeout", float)
+MEDIA = web.AppKey("media_provider", object)
 
 _REGISTRATION_FILTERS = ("endpoint", "trunk", "state")
 
@@ -114,19 +116,36 @@ async def get_metrics(request: web.Request) -> web.Response:
     snapshot = metrics.Snapshot(
         now=monitor.clock(), registrations=monitor.registrations(), endpoints=endpoints, counters=counters,
         events={"received": receiver.received, "malformed": receiver.malformed, "errors": receiver.errors},
+        media=_media(app),
     )
     return web.Response(body=metrics.render(snapshot), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
+def _media(app: web.Application) -> dict[str, Any] | None:
+    provider = app[MEDIA]
+    return provider() if provider is not None else None
+
+
+async def get_media(request: web.Request) -> web.Response:
+    media = _media(request.app)
+    if media is None:
+        raise web.HTTPNotFound(text="no endpoint relays media (docs/media.md)")
+    return web.json_response(media)
+
+
 def create_api_app(monitor: RegistrationMonitor, endpoints_provider: EndpointsProvider | None = None,
-                   stats_provider: StatsProvider | None = None, *, stats_timeout: float = 2.0) -> web.Application:
-    """The aiohttp application; serve it with `trunkproxy.api.server.ApiServer`."""
+                   stats_provider: StatsProvider | None = None, *, stats_timeout: float = 2.0,
+                   media_provider: Callable[[], dict[str, Any] | None] | None = None) -> web.Application:
+    """The aiohttp application; serve it with `trunkproxy.api.server.ApiServer`.
+    `media_provider()`: the media monitor's snapshot as a dict (None: media not relayed)."""
     app = web.Application(middlewares=[json_errors])
+    app[MEDIA] = media_provider
     app[MONITOR] = monitor
     app[ENDPOINTS] = endpoints_provider
     app[STATS] = stats_provider
     app[STATS_TIMEOUT] = stats_timeout
     app.router.add_get("/api/registrations", get_registrations)
     app.router.add_get("/api/endpoints", get_endpoints)
+    app.router.add_get("/api/media", get_media)
     app.router.add_get("/metrics", get_metrics)
     return app

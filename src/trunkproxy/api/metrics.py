@@ -32,6 +32,9 @@ class Snapshot:
     """Per endpoint name; an endpoint missing here had no statistics this scrape."""
     events: dict[str, int] = field(default_factory=dict)
     """Event receiver counters: received, malformed, errors."""
+    media: dict[str, Any] | None = None
+    """The media monitor's snapshot (trunkproxy.media.monitor.MediaSnapshot.as_dict); None: no
+    endpoint relays media."""
 
 
 def _reg_labels(reg: Registration) -> list[str]:
@@ -46,6 +49,7 @@ class SnapshotCollector(Collector):
         yield from self._registrations()
         yield from self._endpoints()
         yield from self._sip()
+        yield from self._media()
         events = CounterMetricFamily("trunkproxy_registration_events", "REGISTER events received from Kamailio",
                                      labels=["result"])
         for result, value in sorted(self.snapshot.events.items()):
@@ -139,6 +143,44 @@ class SnapshotCollector(Collector):
             if c.active_dialogs is not None:
                 dialogs.add_metric([name], c.active_dialogs)
         yield from (stats_up, requests, replies, relayed, rejected, malformed, dropped, refused, transactions, dialogs)
+
+
+    def _media(self) -> Iterator[Metric]:
+        media = self.snapshot.media
+        if media is None:
+            return
+        up = GaugeMetricFamily("trunkproxy_media_up", "1 when the media relay (rtpengine) answered its last poll")
+        up.add_metric([], 1 if media.get("available") else 0)
+        yield up
+        sessions = GaugeMetricFamily("trunkproxy_media_sessions", "Calls with media relayed, by endpoint",
+                                     labels=["endpoint"])
+        for endpoint, count in sorted(media.get("sessions", {}).items()):
+            sessions.add_metric([endpoint], count)
+        yield sessions
+        for key, name, doc in (("packets", "trunkproxy_media_packets", "RTP and RTCP packets relayed"),
+                               ("bytes", "trunkproxy_media_bytes", "RTP and RTCP bytes relayed"),
+                               ("errors", "trunkproxy_media_packet_errors", "Packets the relay could not forward")):
+            family = CounterMetricFamily(name, f"{doc}, by endpoint and direction (as of the last poll)",
+                                         labels=["endpoint", "direction"])
+            for endpoint, by_direction in sorted(media.get(key, {}).items()):
+                for direction, value in sorted(by_direction.items()):
+                    family.add_metric([endpoint, direction], value)
+            yield family
+        one_way = CounterMetricFamily("trunkproxy_media_one_way_calls",
+                                      "Calls whose media stopped in one direction (logged with their Call-ID)",
+                                      labels=["endpoint"])
+        for endpoint, count in sorted(media.get("one_way_calls", {}).items()):
+            one_way.add_metric([endpoint], count)
+        yield one_way
+        host = media.get("host") or {}
+        for key, doc in (("relayed_packets", "Packets relayed by rtpengine since it started"),
+                         ("relayed_bytes", "Bytes relayed by rtpengine since it started"),
+                         ("relayed_packet_errors", "Packets rtpengine could not relay since it started"),
+                         ("timeout_sessions", "Calls rtpengine ended for lack of media")):
+            if key in host:
+                family = CounterMetricFamily(f"trunkproxy_media_host_{key}", doc)
+                family.add_metric([], host[key])
+                yield family
 
 
 def render(snapshot: Snapshot) -> bytes:

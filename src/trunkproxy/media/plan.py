@@ -55,7 +55,8 @@ def offer_flags(endpoint_name: str, from_pbx: bool) -> str:
     Answers are matched to their offer by rtpengine and ignore the directions."""
     inner, outer = side_names(endpoint_name)
     source, target = (inner, outer) if from_pbx else (outer, inner)
-    return f"direction={source} direction={target} {ANCHOR_FLAGS}"
+    # the label names the offerer's side: the media monitor tells endpoint and direction by it
+    return f"direction={source} direction={target} label={source} {ANCHOR_FLAGS}"
 
 
 def rtpengine_argv(binary: str, media: MediaSettings, interfaces: list[MediaInterface], kernel_table: int,
