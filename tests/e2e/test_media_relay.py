@@ -8,11 +8,17 @@ where. The real peers here are Kamailio and rtpengine."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import re
+import socket
+import struct
 import json
 import urllib.request
 import time
 
 import psutil
+import pylibsrtp
 from prometheus_client.parser import text_string_to_metric_families
 
 import pytest
@@ -341,3 +347,73 @@ def _metrics(endpoint) -> dict:
         text = response.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _crypto(body: str) -> tuple[str, bytes]:
+    """The first a=crypto line's tag and master key+salt."""
+    m = re.search(r"^a=crypto:(\d+) AES_CM_128_HMAC_SHA1_80 inline:([A-Za-z0-9+/=]+)", body, re.M)
+    assert m, body
+    return m.group(1), base64.b64decode(m.group(2))
+
+
+def _srtp(key: bytes, outbound: bool):
+    direction = pylibsrtp.Policy.SSRC_ANY_OUTBOUND if outbound else pylibsrtp.Policy.SSRC_ANY_INBOUND
+    return pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=direction,
+                                              srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80))
+
+
+def _send_srtp(peer, key: bytes, to, count: int) -> None:
+    session = _srtp(key, outbound=True)
+    for seq in range(1, count + 1):
+        packet = struct.pack("!BBHII", 0x80, 8, seq, seq * 160, peer.ssrc) + b"\xd5" * 160
+        peer.sock.sendto(session.protect(packet), to)
+        time.sleep(0.002)
+
+
+def _decrypted(peer, key: bytes) -> int:
+    """SRTP packets arriving at `peer` that `key` authenticates and that carry the payload sent."""
+    session, good = _srtp(key, outbound=False), 0
+    peer.sock.settimeout(0.5)
+    while True:
+        try:
+            data, _src = peer.sock.recvfrom(2048)
+        except socket.timeout:
+            return good
+        assert b"\xd5" * 160 not in data  # never plain on the wire
+        try:
+            good += session.unprotect(data).endswith(b"\xd5" * 160)
+        except pylibsrtp.Error:
+            pass
+
+
+def test_sdes_srtp_is_relayed_encrypted_both_ways_and_mediasec_headers_pass(lab):
+    endpoint, pbx, provider, media = lab
+    pbx_key, provider_key = os.urandom(30), os.urandom(30)
+    crypto = "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}"
+    dialog = pbx.invite("sip:0301234567@tel.example.test",
+                        sdp(PBX_MEDIA_IP, media["pbx"].port, profile="RTP/SAVP",
+                            extra=crypto.format(base64.b64encode(pbx_key).decode())),
+                        extra="Security-Client: sdes-srtp;mediasec\nProxy-Require: mediasec")
+    invite = provider.expect_request("INVITE")
+    assert invite.header("Security-Client") == "sdes-srtp;mediasec"
+    assert "m=audio" in invite.body and "RTP/SAVP" in invite.body and "RTP/AVP " not in invite.body
+    tag, key_to_provider = _crypto(invite.body)
+    far = provider.accept(invite)
+    provider.reply(invite, 200, "OK", dialog=far,
+                   body=sdp(PROVIDER_MEDIA_IP, media["provider"].port, profile="RTP/SAVP",
+                            extra=f"a=crypto:{tag} AES_CM_128_HMAC_SHA1_80 "
+                                  f"inline:{base64.b64encode(provider_key).decode()}"),
+                   extra="Security-Server: sdes-srtp;mediasec")
+    ok = pbx.expect_status("INVITE", 200)
+    assert ok.header("Security-Server") == "sdes-srtp;mediasec" and "RTP/SAVP" in ok.body
+    _tag, key_to_pbx = _crypto(ok.body)
+    pbx.confirm(dialog, ok)
+    pbx.ack(dialog)
+    provider.expect_request("ACK")
+    # each side encrypts with its own key and decrypts with the key the relay gave it
+    _send_srtp(media["pbx"], pbx_key, sdp_address(ok.body), 20)
+    assert _decrypted(media["provider"], key_to_provider) >= 19
+    _send_srtp(media["provider"], provider_key, sdp_address(invite.body), 20)
+    assert _decrypted(media["pbx"], key_to_pbx) >= 19
+    _hang_up(pbx, provider, dialog)
+    assert rtpengine_sessions(endpoint) == 0
