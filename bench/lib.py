@@ -381,6 +381,8 @@ class Target:
     external_port: int = 0
     is_proxy: bool = True
     shm_mb: int = SHM_MB
+    # calls' media anchored by an rtpengine (the same command line and ng flags for b and c)
+    media: bool = False
     proc: subprocess.Popen | None = None
     log: Path | None = None
 
@@ -405,6 +407,10 @@ class Target:
 
     def other_pids(self) -> list[int]:
         """Processes of the target besides Kamailio (trunkproxy's control plane)."""
+        return []
+
+    def media_pids(self) -> list[int]:
+        """The target's rtpengine (media mode)."""
         return []
 
     def log_tail(self, lines: int = 30) -> str:
@@ -444,12 +450,31 @@ def _tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
+MEDIA_ENDPOINT = "iflo"
+"""The benchmark endpoint's name: its rtpengine interfaces and ng flags, the reference's too."""
+
+
+def media_argv(control_port: int) -> list[str]:
+    """The rtpengine trunkproxy runs for the benchmark's endpoint (trunkproxy.media.plan)."""
+    from trunkproxy.config.model import MediaSettings
+    from trunkproxy.media.plan import endpoint_interfaces, rtpengine_argv
+
+    kernel = 0 if Path("/proc/rtpengine").exists() else -1
+    return rtpengine_argv(shutil.which("rtpengine") or "rtpengine", MediaSettings(control_port=control_port),
+                          list(endpoint_interfaces(MEDIA_ENDPOINT, IP, IP, None)), kernel, verbose=False)
+
+
 def reference_cfg(workers: int, internal_port: int, external_port: int, provider_port: int, run_dir: Path,
-                  instance_networks: str = "127.0.0.0/8") -> str:
+                  instance_networks: str = "127.0.0.0/8", media_control_port: int | None = None) -> str:
+    from trunkproxy.media.plan import offer_flags
+
     values = {
         "WORKERS": str(workers), "INT_IP": IP, "INT_PORT": str(internal_port), "EXT_IP": IP,
         "EXT_PORT": str(external_port), "PROVIDER": f"sip:{IP}:{provider_port}", "RUN_DIR": str(run_dir),
         "INSTANCE_NETWORKS": instance_networks,
+        "MEDIA_DEFINE": "#!define WITH_MEDIA" if media_control_port else "",
+        "MEDIA_CONTROL": f"udp:127.0.0.1:{media_control_port}",
+        "MEDIA_FROM_PBX": offer_flags(MEDIA_ENDPOINT, True), "MEDIA_FROM_PROVIDER": offer_flags(MEDIA_ENDPOINT, False),
     }
     text = REFERENCE_TMPL.read_text()
     for k, v in values.items():
@@ -503,12 +528,29 @@ class Reference(KamailioTarget):
         # sockets (ctl, jsonrpc) and pid files in a short temp dir (104-byte unix path limit)
         self.temp_dir = self.run_dir = run_dir = Path(tempfile.mkdtemp(prefix="tpb-"))
         cfg = workdir / f"ref-{self.key}.cfg"
-        cfg.write_text(reference_cfg(self.workers, self.internal_port, self.external_port, provider_port, run_dir))
+        control = None
+        if self.media:
+            control = free_port()
+            self.media_proc = subprocess.Popen(pinned(self.cpus, media_argv(control)), stdin=subprocess.DEVNULL,
+                                               stdout=subprocess.DEVNULL, stderr=open(workdir / "rtpengine.log", "ab"),
+                                               start_new_session=True)
+            time.sleep(0.5)
+        cfg.write_text(reference_cfg(self.workers, self.internal_port, self.external_port, provider_port, run_dir,
+                                     media_control_port=control))
         argv = [KAMAILIO, "-f", str(cfg), "-DD", "-E", "-Y", str(run_dir), "-m", str(self.shm_mb), "-M", str(PKG_MB)]
         if self.tlsf:
             argv += ["-x", "tlsf", "-X", "tlsf"]
         self.log = workdir / f"ref-{self.key}.log"
         self._launch(argv, f"reference kamailio ({self.key})")
+
+    def stop(self) -> None:
+        super().stop()
+        stop_process(getattr(self, "media_proc", None))
+        self.media_proc = None
+
+    def media_pids(self) -> list[int]:
+        proc = getattr(self, "media_proc", None)
+        return [proc.pid] if proc else []
 
 
 def trunkproxy_command() -> list[str]:
@@ -534,6 +576,9 @@ class Trunkproxy(Target):
             f"shm_mb = {self.shm_mb}",
             "[api]",
             "enabled = false",
+            "[media]",
+            f"relay = {'true' if self.media else 'false'}",
+            f"control_port = {free_port()}",
             "[[endpoints]]",
             'interface = "lo"',
             f'external_address = "{IP}"',
@@ -584,7 +629,13 @@ class Trunkproxy(Target):
     def other_pids(self) -> list[int]:
         if not self.proc:
             return []
-        return [p for p in process_tree(self.proc.pid) if p == self.proc.pid or comm(p) != "kamailio"]
+        return [p for p in process_tree(self.proc.pid)
+                if p == self.proc.pid or comm(p) not in ("kamailio", "rtpengine")]
+
+    def media_pids(self) -> list[int]:
+        if not self.proc:
+            return []
+        return [p for p in process_tree(self.proc.pid) if p != self.proc.pid and comm(p) == "rtpengine"]
 
     def rpc_socket(self) -> Path | None:
         return self.state_dir / "run" / "iflo" / "rpc.sock" if getattr(self, "state_dir", None) else None
@@ -658,10 +709,11 @@ class GeneratedEndpoint(KamailioTarget):
 
 
 def make_targets(keys: list[str], workers: int, proxy_cpus: str | None, shm_mb: int = SHM_MB,
-                 control_plane_cpus: str | None = None) -> list[Target]:
+                 control_plane_cpus: str | None = None, media: bool = False) -> list[Target]:
     targets = _make_targets(keys, workers, proxy_cpus)
     for t in targets:
         t.shm_mb = shm_mb
+        t.media = media
         if isinstance(t, Trunkproxy):
             t.control_plane_cpus = control_plane_cpus
     return targets
@@ -706,6 +758,7 @@ class StepResult:
     rcvbuf_errors: int = 0
     cpu_s: float | None = None  # Kamailio processes, during the run
     other_cpu_s: float | None = None  # trunkproxy's control plane, during the run
+    media_cpu_s: float | None = None  # the target's rtpengine, during the run
     idle_cpu_s: float | None = None  # Kamailio, measured idle for the same duration before
     sipp_cpu_s: float | None = None  # UAC + UAS
     shm_idle: int | None = None  # Kamailio shared memory in use before the run (bytes)
@@ -762,13 +815,13 @@ def run_step(target: Target, flow: str, rate: float, calls: int, workdir: Path, 
                    target=f"{IP}:{entry}", rate=rate, keys=keys,
                    inf=users_file(step_dir) if flow == "register" else None,
                    pause_ms=CALL_HOLD_MS if flow == "call" else None)
-        kpids, opids = target.kamailio_pids(), target.other_pids()
+        kpids, opids, mpids = target.kamailio_pids(), target.other_pids(), target.media_pids()
         if measure_idle_s and kpids:
             idle0 = cpu_seconds(kpids)
             time.sleep(measure_idle_s)
             res.idle_cpu_s = cpu_seconds(kpids) - idle0
         rcv0 = udp_rcvbuf_errors()
-        cpu0, ocpu0 = cpu_seconds(kpids), cpu_seconds(opids)
+        cpu0, ocpu0, mcpu0 = cpu_seconds(kpids), cpu_seconds(opids), cpu_seconds(mpids)
         busy0 = cpu_times()
         sock = target.rpc_socket()
         res.shm_idle = shm_used(sock)
@@ -786,7 +839,9 @@ def run_step(target: Target, flow: str, rate: float, calls: int, workdir: Path, 
                     res.shm_peak = max(res.shm_peak or 0, used)
             time.sleep(0.05)
         st = uac.wait()
-        cpu1, ocpu1 = cpu_seconds(kpids), cpu_seconds(opids)
+        cpu1, ocpu1, mcpu1 = cpu_seconds(kpids), cpu_seconds(opids), cpu_seconds(mpids)
+        if mpids:
+            res.media_cpu_s = round(mcpu1 - mcpu0, 3)
         res.cpu_busy = cpu_busy(busy0, cpu_times())
         res.sipp_cpu_s = round(scpu - scpu0, 3)
         if opids:

@@ -89,9 +89,12 @@ def cpu_rounds(targets: list[lib.Target], flow: str, args, workdir: Path) -> dic
                 entry["us_per_op"] = round((res.cpu_s - idle) / res.successful * 1e6, 1)
                 if res.other_cpu_s is not None:
                     entry["control_plane_us_per_op"] = round(res.other_cpu_s / res.successful * 1e6, 1)
+                if res.media_cpu_s is not None:
+                    entry["rtpengine_us_per_op"] = round(res.media_cpu_s / res.successful * 1e6, 1)
             out[target.key].append(entry)
             log(f"  cpu {flow:8} round {rnd + 1} {target.key:6}: {entry.get('us_per_op', '-')} us/op"
                 f"{' + control plane ' + str(entry['control_plane_us_per_op']) if 'control_plane_us_per_op' in entry else ''}"
+                f"{' (rtpengine ' + str(entry['rtpengine_us_per_op']) + ')' if 'rtpengine_us_per_op' in entry else ''}"
                 f" ({'pass' if res.passed else 'FAIL: ' + res.why})")
     return out
 
@@ -254,6 +257,9 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--runs", type=int, default=3, help="full repetitions; the summary is their median (default 3)")
     p.add_argument("--targets", default=",".join(ALL_TARGETS), help="a,b,b_tlsf,c")
     p.add_argument("--flows", default="call,register")
+    p.add_argument("--media", action="store_true",
+                   help="anchor the calls' media: trunkproxy relays ([media] relay = true), the reference drives an "
+                        "rtpengine with the same command line and flags (otherwise both carry signalling only)")
     p.add_argument("--workers", type=int, default=2, help="Kamailio children (UDP and TCP) for b and c")
     p.add_argument("--shm-mb", type=int, default=lib.SHM_MB,
                    help="Kamailio shared memory for b and c (trunkproxy: [proxy] shm_mb); ~150 KB per call/s")
@@ -312,7 +318,8 @@ def main(argv: list[str] | None = None) -> dict:
     runs = []
     for run_no in range(args.runs):
         log(f"run {run_no + 1}/{args.runs}")
-        targets = lib.make_targets(keys, args.workers, args.proxy_cpus, args.shm_mb, args.control_plane_cpus)
+        targets = lib.make_targets(keys, args.workers, args.proxy_cpus, args.shm_mb, args.control_plane_cpus,
+                                   media=args.media)
         run: dict = {"rates": {}, "cpu": {}}
         for flow in flows:
             if not args.no_search:

@@ -417,3 +417,20 @@ def test_sdes_srtp_is_relayed_encrypted_both_ways_and_mediasec_headers_pass(lab)
     assert _decrypted(media["pbx"], key_to_pbx) >= 19
     _hang_up(pbx, provider, dialog)
     assert rtpengine_sessions(endpoint) == 0
+
+
+def test_an_endpoint_without_media_relay_passes_sdp_unchanged_and_runs_no_rtpengine(make_endpoint):
+    provider = SipUa("127.0.0.1", "provider")
+    endpoint = make_endpoint(providers=[ProviderPin("tel.example.test", [provider.hostport])],
+                             external_ip=EXTERNAL_IP, allow_destinations=["127.0.0.1/32"], media_relay=False)
+    pbx = SipUa("127.0.0.1", "pbx", outbound=endpoint.internal_hostport)
+    media = {"pbx": RtpPeer(PBX_MEDIA_IP), "provider": RtpPeer(PROVIDER_MEDIA_IP)}
+    try:
+        dialog, far, offer_seen, answer_seen = _outbound_call(pbx, provider, media)
+        assert sdp_address(offer_seen) == (PBX_MEDIA_IP, media["pbx"].port)
+        assert sdp_address(answer_seen) == (PROVIDER_MEDIA_IP, media["provider"].port)
+        _hang_up(pbx, provider, dialog)
+        assert not [p for p in psutil.Process(endpoint.proc.pid).children() if p.name() == "rtpengine"]
+    finally:
+        for party in (pbx, provider, *media.values()):
+            party.close()

@@ -20,7 +20,8 @@ def _config(tmp_path, **endpoint):
 
 
 @pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed (scripts/install-system-deps)")
-@pytest.mark.parametrize("extra", [{}, {"advertise": "203.0.113.1:5070"}, {"transports": ["udp"]}])
+@pytest.mark.parametrize("extra", [{}, {"advertise": "203.0.113.1:5070"}, {"transports": ["udp"]},
+                                   {"media_relay": True}, {"media_relay": False}])
 def test_kamailio_accepts_generated_config(tmp_path, extra):
     config = _config(tmp_path, **extra)
     resolved = resolve_endpoint(config, config.endpoints[0])
@@ -31,6 +32,7 @@ def test_kamailio_accepts_generated_config(tmp_path, extra):
                             env={"TRUNKPROXY_ENDPOINT_SETTINGS": str(resolved.settings_path), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                             timeout=30)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert ("#!define WITH_MEDIA" in resolved.config_path.read_text()) is resolved.relays_media
 
 
 def test_settings_round_trip_with_live_overrides(tmp_path):
