@@ -210,11 +210,21 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def _runtime_ns(pid: int) -> int | None:
+    """Every thread's (/proc/PID/schedstat counts the main thread only; rtpengine forwards
+    in worker threads)."""
+    total, found = 0, False
     try:
-        first = Path(f"/proc/{pid}/schedstat").read_text().split()[0]
-    except (OSError, IndexError):
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
         return None
-    return int(first) if first.isdigit() else None
+    for task in tasks:
+        try:
+            first = (task / "schedstat").read_text().split()[0]
+        except (OSError, IndexError):
+            continue
+        if first.isdigit():
+            total, found = total + int(first), True
+    return total if found else None
 
 
 def comm(pid: int) -> str:

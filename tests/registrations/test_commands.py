@@ -25,7 +25,7 @@ def config(tmp_path):
     NOW = time.time()
     state_dir = tmp_path / "state"
     path = tmp_path / "trunkproxy.toml"
-    path.write_text(f'[proxy]\nstate_dir = "{state_dir}"\n\n'
+    path.write_text(f'[proxy]\nstate_dir = "{state_dir}"\n\n[media]\nrelay = false\n\n'
                     '[[endpoints]]\ninterface = "lo"\nexternal_port = 5180\n\n'
                     '[[endpoints]]\ninterface = "ens5"\nexternal_port = 5181\n\n'
                     '[[endpoints]]\ninterface = "ens6"\nexternal_port = 5182\n')
@@ -52,6 +52,20 @@ def test_table_grouped_by_endpoint(config, capsys):
     assert "registered" in rows[0] and ("9m49s" in rows[0] or "9m50s" in rows[0]) and "200 OK" in rows[0] and ("10s ago" in rows[0] or "11s ago" in rows[0])
     assert "expired" in rows[1]  # shown as it is now, not as last written
     assert "failed" in blocks[0] and "403 Forbidden" in blocks[0] and "never" in blocks[0]
+
+
+def test_status_reads_the_media_relay_and_says_when_it_does_not_answer(config, capsys):
+    from socket import socket
+
+    with socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing answers rtpengine's ng protocol here
+    config.write_text(config.read_text().replace("relay = false", f"relay = true\ncontrol_port = {port}"))
+    assert main(["-c", str(config), "status"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        "media relay: rtpengine does not answer (is `trunkproxy run` running?)")
+    assert main(["-c", str(config), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["media"]["available"] is False
 
 
 def test_json_has_the_api_shape(config, capsys):
