@@ -43,3 +43,22 @@ def test_bench_quick_has_zero_failed_calls(tmp_path):
                 assert entry["cpu_s"] is not None
     assert result["cpu_rounds_all_passed"]
     assert took < 60, f"smoke benchmark took {took:.0f}s"
+
+
+def test_bench_quick_media_anchors_every_call_in_both_targets(tmp_path):
+    result = run.main(["--quick", "--media", "--flows", "call", "--quick-calls", "200", "--quick-rate", "100",
+                       "--out", str(tmp_path / "bench.json"), "--workdir", str(tmp_path / "work")])
+    for key, rounds in result["runs"][0]["cpu"]["call"].items():
+        for entry in rounds:
+            assert entry["passed"] and entry["successful"] == 200, f"{key}: {entry['why']}"
+            # rtpengine did work for both: the calls were anchored, not passed through
+            assert entry["media_cpu_s"] and entry["media_cpu_s"] > 0, key
+
+
+def test_media_capacity_smoke_relays_every_packet_at_a_few_calls(tmp_path):
+    from bench import media_capacity
+
+    result = media_capacity.main(["--calls", "5", "--seconds", "2", "--out", str(tmp_path / "mc.json")])
+    (step,) = result["steps"]
+    assert step["relayed"]["expected"] == 2 * 5 * 100
+    assert step["relayed"]["loss_pct"] < 1.0 and step["rtpengine_cpu_pct"] > 0
