@@ -38,7 +38,8 @@ def test_rtpengine_runs_in_the_foreground_on_loopback_control_without_a_config_f
     argv = rtpengine_argv("rtpengine", media, [MediaInterface("a-int", "127.0.0.1")], -1, verbose=False)
     assert argv[:4] == ["rtpengine", "--config-file=none", "--foreground", "--log-stderr"]
     for option in ("--listen-ng=127.0.0.1:22999", "--port-min=40000", "--port-max=40100", "--table=-1",
-                   "--timeout=30", "--delete-delay=0", "--interface=a-int/127.0.0.1", "--log-level=5"):
+                   "--timeout=30", "--delete-delay=0", "--interface=a-int/127.0.0.1", "--log-level=4",
+                   "--log-level-control=3"):
         assert option in argv
 
 

@@ -65,10 +65,13 @@ def rtpengine_argv(binary: str, media: MediaSettings, interfaces: list[MediaInte
     config file of its own (Debian's /etc/rtpengine/rtpengine.conf is for its own service).
     `kernel_table`: 0 where the kernel module is loaded (forwarding in the kernel, where
     rtpengine manages its iptables rule), else -1 (userspace forwarding). Deleted calls
-    free their ports at once (`--delete-delay=0`)."""
+    free their ports at once (`--delete-delay=0`). Warnings and errors only (a notice per call
+    would be two log lines per call), and control-protocol warnings not even those: the media
+    monitor's queries race with calls ending, and Kamailio logs what it was refused itself."""
     return [
         binary, "--config-file=none", "--foreground", "--log-stderr", "--no-log-timestamps",
-        f"--log-level={7 if verbose else 5}", f"--table={kernel_table}",
+        f"--log-level={7 if verbose else 4}", f"--log-level-control={7 if verbose else 3}",
+        f"--table={kernel_table}",
         *(interface.option() for interface in interfaces),
         f"--listen-ng={CONTROL_HOST}:{media.control_port}",
         f"--port-min={media.port_min}", f"--port-max={media.port_max}",
