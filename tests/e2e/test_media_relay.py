@@ -86,6 +86,20 @@ def test_outbound_call_media_flows_through_the_endpoint_both_ways(lab):
     provider.reply(provider.expect_request("BYE"), 200, "OK")
     pbx.expect_status("BYE", 200)
     assert rtpengine_sessions(endpoint) == 0
+    # the finished call's relay ports forward nothing any more
+    media["pbx"].send(sdp_address(answer_seen), 10)
+    media["provider"].send(sdp_address(offer_seen), 10)
+    assert media["provider"].received(0.5) == [] and media["pbx"].received(0.5) == []
+
+
+def test_rtpengine_stops_with_trunkproxy_and_its_control_socket_is_on_loopback_only(lab):
+    endpoint, pbx, provider, media = lab
+    (rtpengine,) = [p for p in psutil.Process(endpoint.proc.pid).children() if p.name() == "rtpengine"]
+    listening = {c.laddr for c in rtpengine.net_connections(kind="udp")
+                 if c.laddr and c.laddr.port == endpoint.media_control_port}
+    assert listening and {a.ip for a in listening} == {"127.0.0.1"}
+    endpoint.stop()
+    assert not psutil.pid_exists(rtpengine.pid) or rtpengine.status() == psutil.STATUS_ZOMBIE
 
 
 def _hang_up(caller, callee, dialog):

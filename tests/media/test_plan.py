@@ -48,6 +48,13 @@ def test_a_port_range_too_small_for_one_call_is_refused_with_the_fix():
         MediaSettings(port_min=30000, port_max=30001)
 
 
+def test_a_sip_port_inside_the_media_ports_is_refused_naming_both():
+    with pytest.raises(ValidationError, match=r"endpoint iflo: external_port = 25060 lies in the media relay's ports"):
+        Config.model_validate({"endpoints": [{"interface": "lo", "external_port": 25060}]})
+    # no relay on that endpoint: no conflict
+    Config.model_validate({"endpoints": [{"interface": "lo", "external_port": 25060, "media_relay": False}]})
+
+
 def test_relay_accepts_true_false_and_auto_only():
     assert Config.model_validate({"media": {"relay": True}}).media.relay is True
     assert Config.model_validate({"media": {"relay": "auto"}}).media.relay == "auto"

@@ -86,10 +86,12 @@ class MediaSettings(_Strict):
     relay: Literal["auto"] | bool = "auto"
     """Relay media through the endpoints: `true`, `false`, or `"auto"` (wherever rtpengine is
     installed). An endpoint's own `media_relay` replaces this."""
-    port_min: int = Field(default=30000, ge=1024, le=65535)
-    port_max: int = Field(default=39999, ge=1024, le=65535)
+    port_min: int = Field(default=20000, ge=1024, le=65535)
+    port_max: int = Field(default=29999, ge=1024, le=65535)
     """RTP/RTCP ports rtpengine allocates from (two per stream and side: one call with audio
-    takes four)."""
+    takes four). Below Linux's ephemeral ports (32768-60999), and never over a SIP port:
+    rtpengine binds with SO_REUSEADDR, as Kamailio does, and would take a SIP socket's
+    datagrams for itself (docs/media.md)."""
     control_port: int = Field(default=22222, ge=1, le=65535)
     """rtpengine's ng control socket, on 127.0.0.1 only."""
     binary: str = "rtpengine"
@@ -204,6 +206,21 @@ class Config(_Strict):
             if endpoint.endpoint_name in seen:
                 raise ValueError(f"two endpoints are named {endpoint.endpoint_name!r}; give one a distinct `name`")
             seen.add(endpoint.endpoint_name)
+        return self
+
+    @model_validator(mode="after")
+    def _sip_ports_outside_media_ports(self) -> "Config":
+        media = self.media
+        for endpoint in self.endpoints:
+            if (endpoint.media_relay if endpoint.media_relay is not None else media.relay) is False:
+                continue
+            for key in ("internal_port", "external_port"):
+                port = getattr(endpoint, key)
+                if media.port_min <= port <= media.port_max:
+                    raise ValueError(
+                        f"endpoint {endpoint.endpoint_name}: {key} = {port} lies in the media relay's ports "
+                        f"[media] port_min..port_max = {media.port_min}..{media.port_max}, where rtpengine would take "
+                        "its SIP datagrams: move the SIP port or the media port range")
         return self
 
     @property
