@@ -61,8 +61,8 @@ class SipUa:
     """One party (a PBX or a provider) on 127.0.0.x. `outbound`: where its out-of-dialog
     requests go (the endpoint, for a PBX)."""
 
-    def __init__(self, ip: str, name: str, outbound: str | None = None):
-        self.peer = UdpPeer(ip)
+    def __init__(self, ip: str, name: str, outbound: str | None = None, sock: socket.socket | None = None):
+        self.peer = UdpPeer(ip, sock=sock)
         self.name = name
         self.outbound = outbound
         self.inbox: list[SipMessage] = []
@@ -203,8 +203,9 @@ class RtpPeer:
     """A media socket: sends RTP (PCMA, 20 ms frames) to an address and counts what arrives,
     by source."""
 
-    def __init__(self, ip: str):
-        self.sock, self.rtcp = self._bind_pair(ip)
+    def __init__(self, ip: str, pair: tuple[socket.socket, socket.socket] | None = None):
+        """`pair`: RTP and RTCP sockets already bound (ports N and N+1)."""
+        self.sock, self.rtcp = pair or self._bind_pair(ip)
         self.ip, self.port = self.sock.getsockname()
         self.ssrc = next(_seq) + 0x1000
         self.seq = 0

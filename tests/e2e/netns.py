@@ -4,7 +4,9 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -115,3 +117,27 @@ class Topology:
         self.delete()
 
 
+
+
+_BIND_IN_NETNS = """
+import socket, sys
+channel = socket.socket(fileno=int(sys.argv[1]))
+made = []
+for spec in sys.argv[2:]:
+    ip, port = spec.rsplit(":", 1)
+    made.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    made[-1].bind((ip, int(port)))
+socket.send_fds(channel, [b"ok"], [s.fileno() for s in made])
+"""
+
+
+def udp_sockets_in(netns: str, *binds: tuple[str, int]) -> list[socket.socket]:
+    """UDP sockets bound inside a network namespace, for this process to use: a helper bound
+    them in there and passed them over a unix socket (a socket keeps its namespace)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", _BIND_IN_NETNS, str(theirs.fileno()),
+                        *(f"{ip}:{port}" for ip, port in binds)],
+                       pass_fds=(theirs.fileno(),), check=True, timeout=10)
+        _msg, fds, _flags, _addr = socket.recv_fds(ours, 16, len(binds))
+    return [socket.socket(fileno=fd) for fd in fds]

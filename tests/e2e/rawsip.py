@@ -13,9 +13,12 @@ _seq = itertools.count(1)
 class UdpPeer:
     """A UDP socket on 127.0.0.x that sends raw SIP and collects whatever comes back."""
 
-    def __init__(self, ip: str = "127.0.0.1", port: int = 0):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((ip, port))
+    def __init__(self, ip: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None):
+        """`sock`: one already bound (e.g. in a network namespace, netns.udp_sockets_in)."""
+        if sock is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((ip, port))
+        self.sock = sock
         self.ip, self.port = self.sock.getsockname()
 
     @property
