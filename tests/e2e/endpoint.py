@@ -19,6 +19,7 @@ class ProviderPin:
     host: str
     addresses: list[str]
     transport: str | None = None
+    srtp: bool = False
 
 
 @dataclass
@@ -47,6 +48,7 @@ class TrunkproxyRun:
     media_relay: bool | None = None
     media_control_port: int | None = None
     media_toml: str = ""  # more lines of [media]
+    endpoint_toml: str = ""  # more lines of the [[endpoints]] entry
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -94,6 +96,7 @@ class TrunkproxyRun:
             f"internal_port = {self.internal_port}",
             "keepalive_interval = 2",
             "" if self.path else "path = false",
+            self.endpoint_toml.strip(),
         ]
         if self.allow_destinations is not None:
             lines.append("allow_destinations = [" + ", ".join(f'"{a}"' for a in self.allow_destinations) + "]")
@@ -102,6 +105,8 @@ class TrunkproxyRun:
             lines.append("addresses = [" + ", ".join(f'"{a}"' for a in pin.addresses) + "]")
             if pin.transport:
                 lines.append(f'transport = "{pin.transport}"')
+            if pin.srtp:
+                lines.append("srtp = true")
         return "\n".join(line for line in lines if line) + "\n" + self.extra_toml
 
     def start(self, timeout: float = 20.0) -> "TrunkproxyRun":

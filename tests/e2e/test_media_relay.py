@@ -400,6 +400,18 @@ def _decrypted(peer, key: bytes) -> int:
             pass
 
 
+def _plain(peer) -> int:
+    """Plain RTP packets arriving at `peer` carrying the payload sent."""
+    count = 0
+    peer.sock.settimeout(0.5)
+    while True:
+        try:
+            data, _src = peer.sock.recvfrom(2048)
+        except socket.timeout:
+            return count
+        count += data.endswith(b"\xd5" * 160)
+
+
 def test_sdes_srtp_is_relayed_encrypted_both_ways_and_mediasec_headers_pass(lab):
     endpoint, pbx, provider, media = lab
     pbx_key, provider_key = os.urandom(30), os.urandom(30)
@@ -445,6 +457,62 @@ def test_an_endpoint_without_media_relay_passes_sdp_unchanged_and_runs_no_rtpeng
         assert sdp_address(answer_seen) == (PROVIDER_MEDIA_IP, media["provider"].port)
         _hang_up(pbx, provider, dialog)
         assert not [p for p in psutil.Process(endpoint.proc.pid).children() if p.name() == "rtpengine"]
+    finally:
+        for party in (pbx, provider, *media.values()):
+            party.close()
+
+
+def test_srtp_towards_a_provider_that_wants_it_and_plain_rtp_towards_pbxs_that_do_not(make_endpoint):
+    """[providers."..."] srtp = true and [[endpoints]] pbx_srtp = false: the relay encrypts on the
+    provider's side and decrypts on the PBX's, in both call directions."""
+    provider = SipUa("127.0.0.1", "provider")
+    endpoint = make_endpoint(providers=[ProviderPin("tel.example.test", [provider.hostport], srtp=True)],
+                             external_ip=EXTERNAL_IP, allow_destinations=["127.0.0.1/32"],
+                             endpoint_toml="pbx_srtp = false")
+    pbx = SipUa("127.0.0.1", "pbx", outbound=endpoint.internal_hostport)
+    media = {"pbx": RtpPeer(PBX_MEDIA_IP), "provider": RtpPeer(PROVIDER_MEDIA_IP)}
+    provider_key = os.urandom(30)
+    provider_sdp = lambda: sdp(PROVIDER_MEDIA_IP, media["provider"].port, profile="RTP/SAVP",  # noqa: E731
+                               extra=f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 "
+                                     f"inline:{base64.b64encode(provider_key).decode()}")
+    try:
+        # outbound: the PBX offers plain RTP, the provider is offered SRTP
+        dialog = pbx.invite("sip:0301234567@tel.example.test", sdp(PBX_MEDIA_IP, media["pbx"].port))
+        invite = provider.expect_request("INVITE")
+        assert re.search(r"^m=audio \d+ RTP/SAVP ", invite.body, re.M)
+        far = provider.accept(invite)
+        answer_body = provider_sdp().replace("a=crypto:1 ", f"a=crypto:{_crypto(invite.body)[0]} ")
+        provider.reply(invite, 200, "OK", dialog=far, body=answer_body)
+        ok = pbx.expect_status("INVITE", 200)
+        assert re.search(r"^m=audio \d+ RTP/AVP ", ok.body, re.M) and "a=crypto" not in ok.body
+        pbx.confirm(dialog, ok)
+        pbx.ack(dialog)
+        provider.expect_request("ACK")
+        media["pbx"].send(sdp_address(ok.body), 20)  # plain from the PBX ...
+        assert _decrypted(media["provider"], _crypto(invite.body)[1]) >= 19  # ... SRTP at the provider
+        _send_srtp(media["provider"], provider_key, sdp_address(invite.body), 20)
+        assert _plain(media["pbx"]) >= 19  # decrypted by the relay
+        _hang_up(pbx, provider, dialog)
+
+        # inbound: the provider offers SRTP, the PBX is offered plain RTP
+        contact = _register(pbx, provider, endpoint)
+        provider.outbound = endpoint.external_hostport
+        dialog = provider.invite(contact, provider_sdp())
+        invite = pbx.expect_request("INVITE")
+        assert re.search(r"^m=audio \d+ RTP/AVP ", invite.body, re.M) and "a=crypto" not in invite.body
+        near = pbx.accept(invite)
+        pbx.reply(invite, 200, "OK", dialog=near, body=sdp(PBX_MEDIA_IP, media["pbx"].port))
+        ok = provider.expect_status("INVITE", 200)
+        assert re.search(r"^m=audio \d+ RTP/SAVP ", ok.body, re.M)
+        provider.confirm(dialog, ok)
+        provider.ack(dialog)
+        pbx.expect_request("ACK")
+        _send_srtp(media["provider"], provider_key, sdp_address(ok.body), 20)
+        assert _plain(media["pbx"]) >= 19
+        media["pbx"].send(sdp_address(invite.body), 20)
+        assert _decrypted(media["provider"], _crypto(ok.body)[1]) >= 19
+        _hang_up(provider, pbx, dialog)
+        assert rtpengine_sessions(endpoint) == 0
     finally:
         for party in (pbx, provider, *media.values()):
             party.close()

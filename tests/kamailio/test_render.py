@@ -15,13 +15,14 @@ def _config(tmp_path, **endpoint):
     return Config(
         proxy=ProxySettings(state_dir=str(tmp_path)),
         endpoints=[Endpoint(interface="lo", internal_port=5390, external_port=5391, **endpoint)],
-        providers={"tel.example.test": Provider(addresses=["192.0.2.10:5060"], transport="tcp")},
+        providers={"tel.example.test": Provider(addresses=["192.0.2.10:5060"], transport="tcp"),
+                   "srtp.example.test": Provider(srtp=True)},
     )
 
 
 @pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed (scripts/install-system-deps)")
 @pytest.mark.parametrize("extra", [{}, {"advertise": "203.0.113.1:5070"}, {"transports": ["udp"]},
-                                   {"media_relay": True}, {"media_relay": False}])
+                                   {"media_relay": True}, {"media_relay": False}, {"pbx_srtp": False}])
 def test_kamailio_accepts_generated_config(tmp_path, extra):
     config = _config(tmp_path, **extra)
     resolved = resolve_endpoint(config, config.endpoints[0])

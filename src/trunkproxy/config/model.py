@@ -139,6 +139,9 @@ class Provider(_Strict):
     """`ip[:port]` entries used instead of DNS for this host, tried in order."""
     transport: Transport | None = None
     """Force this transport towards the provider (PBX may still use UDP towards us)."""
+    srtp: bool = False
+    """Calls to this provider offer SDES-SRTP (RTP/SAVP) even where the PBX offers plain RTP:
+    the media relay encrypts on the provider's side (docs/media.md, "SRTP")."""
 
     @field_validator("addresses")
     @classmethod
@@ -178,6 +181,9 @@ class Endpoint(_Strict):
     """This endpoint's allow-list (as `[proxy] allow_destinations`, which it replaces)."""
     media_relay: bool | None = None
     """Relay this endpoint's media (`[media] relay`, which this replaces when set)."""
+    pbx_srtp: bool = True
+    """False: PBXs behind this endpoint are offered plain RTP even where a provider offers
+    SRTP; the media relay decrypts on the PBX's side (docs/media.md, "SRTP")."""
 
     @property
     def endpoint_name(self) -> str:

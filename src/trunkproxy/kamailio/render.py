@@ -239,9 +239,18 @@ def kamailio_cfg(config: Config, resolved: ResolvedEndpoint, aliases: list[str] 
 
 def _media_values(config: Config, resolved: ResolvedEndpoint) -> dict[str, str]:
     """WITH_MEDIA defined when the endpoint relays media (the template's `#!ifdef` blocks)."""
+    from_pbx = media_plan.offer_flags(resolved.name, from_pbx=True)
+    srtp_hosts = sorted(host.lower() for host, provider in config.providers.items() if provider.srtp)
+    # a PBX's first offer to a provider that wants SRTP (the Request-URI names the provider
+    # as the PBX wrote it, the key of [providers."HOST"])
+    to_srtp = " || ".join(f'$(rd{{s.tolower}}) == "{host}"' for host in srtp_hosts)
+    srtp_block = (f'if (!has_totag() && ({to_srtp})) {{\n\t\t\t$var(tp_mf) = "{from_pbx} '
+                  f'{media_plan.SRTP_TO_PROVIDER}";\n\t\t}}') if srtp_hosts else ""
     return {
         "MEDIA_DEFINE": "#!define WITH_MEDIA" if resolved.relays_media else "",
         "MEDIA_CONTROL": f"udp:{media_plan.CONTROL_HOST}:{config.media.control_port}",
-        "MEDIA_FROM_PBX": media_plan.offer_flags(resolved.name, from_pbx=True),
-        "MEDIA_FROM_PROVIDER": media_plan.offer_flags(resolved.name, from_pbx=False),
+        "MEDIA_FROM_PBX": from_pbx,
+        "MEDIA_FROM_PROVIDER": media_plan.offer_flags(resolved.name, from_pbx=False,
+                                                      pbx_srtp=resolved.endpoint.pbx_srtp),
+        "MEDIA_SRTP_TO_PROVIDER": srtp_block,
     }

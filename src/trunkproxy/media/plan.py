@@ -49,14 +49,21 @@ def endpoint_interfaces(endpoint_name: str, internal: str, external: str,
     return MediaInterface(inner, internal), MediaInterface(outer, external, advertised)
 
 
-def offer_flags(endpoint_name: str, from_pbx: bool) -> str:
+SRTP_TO_PROVIDER = "transport-protocol=RTP/SAVP"
+"""Added to a PBX's first offer to a provider with `srtp = true`: rtpengine keeps each leg's
+protocol for the dialog's later offers by itself."""
+
+
+def offer_flags(endpoint_name: str, from_pbx: bool, pbx_srtp: bool = True) -> str:
     """rtpengine_manage()'s flags for an SDP coming from the PBX (internal -> external) or
     from the provider: the first `direction` is where it came from, the second where it goes.
-    Answers are matched to their offer by rtpengine and ignore the directions."""
+    Answers are matched to their offer by rtpengine and ignore the directions. `pbx_srtp`
+    False: a provider's offer reaches the PBX as plain RTP (rtpengine decrypts)."""
     inner, outer = side_names(endpoint_name)
     source, target = (inner, outer) if from_pbx else (outer, inner)
     # the label names the offerer's side: the media monitor tells endpoint and direction by it
-    return f"direction={source} direction={target} label={source} {ANCHOR_FLAGS}"
+    flags = f"direction={source} direction={target} label={source} {ANCHOR_FLAGS}"
+    return flags if from_pbx or pbx_srtp else f"{flags} transport-protocol=RTP/AVP"
 
 
 def rtpengine_argv(binary: str, media: MediaSettings, interfaces: list[MediaInterface], kernel_table: int,
