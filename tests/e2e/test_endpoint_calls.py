@@ -1,6 +1,8 @@
 """Issue 2 end to end: SIPp PBXs -> trunkproxy endpoint (real Kamailio) -> Kamailio provider."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from .endpoint import ProviderPin
@@ -86,3 +88,17 @@ def test_tcp_pbx_call_to_udp_provider(make_provider, make_endpoint, sipp):
     assert far.wait(10).successful == 1
     invites = [m for m in provider.received("INVITE") if m.msg.is_request]
     assert invites and invites[0].peer[2] == "udp"
+    # the media anchored on the endpoint's relay, not at the PBX's port 40000
+    assert re.search(r"^m=audio (2\d{4}) RTP/AVP", invites[0].msg.body, re.M), invites[0].msg.body
+
+
+def test_media_anchored_towards_a_provider_forced_to_tcp(make_provider, make_endpoint, sipp):
+    pstn_port = free_port()
+    provider = make_provider(pstn=("127.0.0.1", pstn_port))
+    endpoint = make_endpoint(providers=[ProviderPin("tel.example.test", [provider.hostport], "tcp")])
+    far = sipp.background("provider_uas", local_port=pstn_port)
+    sipp.run("pbx_uac", rsa=endpoint.internal_hostport, pause_ms=100).assert_ok(calls=1)
+    assert far.wait(10).successful == 1
+    invites = [m for m in provider.received("INVITE") if m.msg.is_request]
+    assert invites and invites[0].peer[2] == "tcp"
+    assert re.search(r"^m=audio (2\d{4}) RTP/AVP", invites[0].msg.body, re.M), invites[0].msg.body
