@@ -67,6 +67,9 @@ class SipUa:
         self.outbound = outbound
         self.inbox: list[SipMessage] = []
         self._invite_ruri: dict[str, str] = {}
+        # replies to where the request came from, not to its Via (as a NAT in front of the
+        # sender would carry them back to it)
+        self.reply_to_source = False
 
     @property
     def hostport(self) -> str:
@@ -196,6 +199,8 @@ class SipUa:
         rport = re.search(r";rport=(\d+)", via)
         received = re.search(r";received=([^;\s]+)", via)
         target = (received.group(1) if received else host, int(rport.group(1) if rport else port or 5060))
+        if self.reply_to_source and request.src:
+            target = request.src[:2]
         self.peer.sock.sendto(("\r\n".join(lines) + "\r\n\r\n" + body).encode(), target)
 
 

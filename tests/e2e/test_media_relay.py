@@ -516,3 +516,22 @@ def test_srtp_towards_a_provider_that_wants_it_and_plain_rtp_towards_pbxs_that_d
     finally:
         for party in (pbx, provider, *media.values()):
             party.close()
+
+
+def test_behind_a_nat_the_provider_is_given_the_advertised_address(make_endpoint):
+    provider = SipUa("127.0.0.1", "provider")
+    endpoint = make_endpoint(providers=[ProviderPin("tel.example.test", [provider.hostport])],
+                             external_ip=EXTERNAL_IP, allow_destinations=["127.0.0.1/32"],
+                             endpoint_toml='advertise = "203.0.113.7"')
+    provider.reply_to_source = True  # the NAT in front of the endpoint, in effect
+    pbx = SipUa("127.0.0.1", "pbx", outbound=endpoint.internal_hostport)
+    media = {"pbx": RtpPeer(PBX_MEDIA_IP), "provider": RtpPeer(PROVIDER_MEDIA_IP)}
+    try:
+        dialog, far, offer_seen, answer_seen = _outbound_call(pbx, provider, media)
+        assert sdp_address(offer_seen)[0] == "203.0.113.7" and "o=- 4242 1 IN IP4 203.0.113.7" in offer_seen
+        assert EXTERNAL_IP not in offer_seen and PBX_MEDIA_IP not in offer_seen
+        assert sdp_address(answer_seen)[0] == "127.0.0.1"  # the PBX's side is not behind the NAT
+        _hang_up(pbx, provider, dialog)
+    finally:
+        for party in (pbx, provider, *media.values()):
+            party.close()
