@@ -30,8 +30,25 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _example(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    print(resources.files("trunkproxy.config").joinpath("example.toml").read_text(), end="")
+    return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trunkproxy")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trunkproxy", description="Outbound SIP proxy for PBX trunks")
+    parser.add_argument("--version", action="version", version=f"trunkproxy {_version()}")
     parser.add_argument("-c", "--config", type=Path, default=None,
                         help="TOML configuration (default /etc/trunkproxy/trunkproxy.toml, else the embedded default)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -40,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     check = sub.add_parser("check-config", help="validate the configuration file and exit")
     check.set_defaults(func=_check)
+    example = sub.add_parser("example-config", help="print a commented configuration to start from")
+    example.set_defaults(func=_example)
 
     # Each area adds its own subcommands; kept in their packages so this file stays parsing only.
     from trunkproxy.hosting import commands as hosting_commands

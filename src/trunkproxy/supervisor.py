@@ -340,7 +340,17 @@ async def _reload(supervisor: Supervisor, load_config) -> None:
     await supervisor.reload(new)
 
 
+def _limit_core_files(config: Config) -> None:
+    """Core files off unless [proxy] core_dumps: every daemon inherits the limit."""
+    import resource
+
+    if not config.proxy.core_dumps:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+
+
 async def _main(config: Config, load_config=None) -> int:
+    _limit_core_files(config)
     supervisor = Supervisor(config)
     try:
         supervisor.prepare()

@@ -44,3 +44,23 @@ def test_errors_name_file_and_key(tmp_path, body, expected):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(path) in str(info.value) and expected in str(info.value)
+
+
+def test_example_config_is_a_valid_configuration(tmp_path, capsys):
+    from trunkproxy.cli import main
+
+    assert main(["example-config"]) == 0
+    text = capsys.readouterr().out
+    path = tmp_path / "trunkproxy.toml"
+    path.write_text(text)
+    config = load_config(path)
+    assert config.endpoints[0].interface == "ens5" and config.media.relay == "auto"
+    assert config.proxy.core_dumps is False
+
+
+def test_version_is_printed(capsys):
+    from trunkproxy.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("trunkproxy 0.")

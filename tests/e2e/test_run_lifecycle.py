@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import psutil
 import pytest
@@ -45,3 +46,20 @@ def test_a_second_run_on_the_same_state_says_so_in_one_line(endpoint):
     assert second.returncode == 1
     assert "already running" in second.stderr and "Traceback" not in second.stderr, second.stderr
     assert endpoint.proc.poll() is None  # the first one keeps running
+
+
+def test_a_crashed_worker_leaves_no_core_file_by_default(endpoint):
+    """[proxy] core_dumps is off: Kamailio would raise the core limit itself and write all of its
+    shared memory (512 MB by default) into its working directory."""
+    def cores() -> set[str]:
+        places = [endpoint.state_dir / "run" / "iflo", Path.cwd(), Path("/")]
+        return {str(p) for place in places if place.exists() for p in place.glob("core*") if p.is_file()}
+
+    before = cores()
+    worker = [p for p in _kamailio_main(endpoint).children() if p.name() == "kamailio"][0]
+    assert worker.rlimit(psutil.RLIMIT_CORE)[0] == 0
+    os.kill(worker.pid, signal.SIGSEGV)
+    wait_until(lambda: "restart 1" in endpoint.log(), timeout=10, message="the crash noticed and restarted")
+    wait_until(lambda: sip_ping(endpoint.internal_ip, endpoint.internal_port) == 200, timeout=15,
+               message="the endpoint serving again")
+    assert cores() == before

@@ -62,6 +62,10 @@ class ProxySettings(_Strict):
     invite_timeout_ms: int = Field(default=120000, ge=1000)
     """After a provisional reply, how long an INVITE may ring before it is given up."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    core_dumps: bool = False
+    """Let a crashing Kamailio or rtpengine write a core file (into `state_dir/run/ENDPOINT/`
+    where the kernel's core_pattern is a plain name). Off: a Kamailio core holds all of its
+    shared memory (`shm_mb`, 512 MB by default) and Kamailio would raise the limit itself."""
     allow_destinations: AllowList = None
     """Where PBXs' requests may go, host-wide: networks (`203.0.113.0/24`) and host names
     (`sip.example.net`, `*.example.net`); everything else is refused. Unset: anywhere except

@@ -209,6 +209,7 @@ def kamailio_cfg(config: Config, resolved: ResolvedEndpoint, aliases: list[str] 
     values = {
         "NAME": ep.endpoint_name,
         "DEBUG": {"debug": "3", "info": "1", "warning": "1", "error": "0"}[config.proxy.log_level],
+        "DISABLE_CORE_DUMP": "no" if config.proxy.core_dumps else "yes",
         "WORKERS": str(config.proxy.workers),
         "TCP_KEEPIDLE": str(max(ep.keepalive_interval, 10)),
         "LISTEN": "\n".join(listen),
