@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,11 @@ log = logging.getLogger("trunkproxy.supervised")
 _BACKOFF_MAX_S = 30.0
 _HEALTHY_AFTER_S = 60.0
 _STOP_GRACE_S = 5.0
+
+_SHUTDOWN_NOISE = re.compile(rb"child process \d+ exited normally|receive_fd\(\): EOF on|Thank you for flying")
+"""What a daemon logs while it stops as asked (Kamailio: its children's normal exits as ALERT,
+a TCP reader's EOF as CRITICAL): dropped while stopping, so that a normal stop does not look
+like a fault in the operator's log. The same lines at any other time are passed on."""
 
 
 @dataclass
@@ -42,6 +49,7 @@ class SupervisedProcess:
     _proc: asyncio.subprocess.Process | None = None
     _task: asyncio.Task | None = None
     _stopping: bool = False
+    _log_tasks: list = field(default_factory=list)
 
     async def start(self) -> None:
         await self._spawn()
@@ -49,21 +57,44 @@ class SupervisedProcess:
 
     async def _spawn(self) -> None:
         self.status.state = "starting"
-        self._proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            # Kamailio's children inherit these, so no pipes: asyncio's wait() would block
-            # until every child closed them. Log lines name their endpoint (Kamailio's
-            # log_prefix) or their daemon (rtpengine's).
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=None,
-            start_new_session=True,  # own process group: stop() reaches every child
-        )
+        # its log through a pipe of our own (asyncio's would make wait() wait for every child
+        # that inherited it): lines name their endpoint (Kamailio's log_prefix) or daemon
+        read_end, write_end = os.pipe()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=write_end,
+                start_new_session=True,  # own process group: stop() reaches every child
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        self._log_tasks.append(asyncio.create_task(self._pass_log(read_end), name=f"log-{self.name}"))
         self.status.pid = self._proc.pid
         self.status.started_at = time.monotonic()
         self.status.state = "running"
         log.info("%s: %s started (pid %d)", self.name, self.program, self._proc.pid)
+
+    async def _pass_log(self, read_end: int) -> None:
+        """Copies the daemon's log lines to ours, but for its shutdown noise while stopping."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                    os.fdopen(read_end, "rb", buffering=0))
+        out = sys.stderr.buffer
+        try:
+            while line := await reader.readline():
+                if self._stopping and _SHUTDOWN_NOISE.search(line):
+                    continue
+                out.write(line)
+                out.flush()
+        finally:
+            transport.close()
 
     async def _watch(self) -> None:
         backoff = 1.0
@@ -95,7 +126,9 @@ class SupervisedProcess:
         self._stopping = True
         proc = self._proc
         if proc is not None and proc.returncode is None:
-            _kill_group(proc.pid, signal.SIGTERM)
+            # the main process only: it stops its children itself, quietly (signalled one by one
+            # they exit first and it logs an ALERT for each)
+            _kill(proc.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), _STOP_GRACE_S)
             except asyncio.TimeoutError:
@@ -110,6 +143,10 @@ class SupervisedProcess:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        # the last lines, until every process that held the pipe is gone
+        _done, pending = await asyncio.wait(self._log_tasks, timeout=1.0) if self._log_tasks else ((), ())
+        for task in pending:
+            task.cancel()
         self.status.state = "stopped"
         self.status.pid = None
         log.info("%s: %s stopped", self.name, self.program)
@@ -121,3 +158,10 @@ def _kill_group(pid: int, sig: int) -> None:
     except (ProcessLookupError, PermissionError):
         pass
 
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
