@@ -22,7 +22,7 @@ from trunkproxy.routing import decide, destinations
 from trunkproxy.routing.event_queue import batch_header, queue_value
 from trunkproxy.routing.register_memo import (Registration, parse_registration, registration_value, reply_memo,
                                                request_memo)
-from trunkproxy.routing.registration_events import aor_of, granted_expires, requested_expires
+from trunkproxy.routing.registration_events import aor_of, granted_expires, registrar_of, requested_expires
 from trunkproxy.routing.settings import EndpointSettings, settings_from_json
 from trunkproxy.routing.tokens import Flow, flow_of_text
 from trunkproxy.routing.warmup import rehearse
@@ -135,7 +135,7 @@ class Router:
             expires = requested_expires(contact, header("Expires")) if register else None
             registration = None
             if register:
-                registrar = KSR.pv.get("$rd")
+                registrar = registrar_of(ruri) or KSR.pv.get("$rd")
                 to_uri = KSR.pv.get("$tu") or ""
                 registration = registration_value(Registration(
                     str(source), registrar, decision.send_socket, to_uri, decision.alternates))

@@ -53,3 +53,10 @@ def aor_of(to_uri: str) -> str:
         return to_uri
     user = f"{uri.user}@" if uri.user else ""
     return f"{uri.scheme}:{user}{uri.host}"
+
+
+def registrar_of(ruri: str) -> str | None:
+    """The registrar a REGISTER goes to as the PBX wrote it: host and, when written, port
+    (two registrars on one host are two registrations). None when the URI does not parse."""
+    uri = parse_uri(ruri)
+    return uri.hostport.lower() if uri is not None else None
