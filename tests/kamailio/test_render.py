@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from trunkproxy.config.model import Config, Endpoint, Provider, ProxySettings
+from trunkproxy.config.model import CaptureSettings, Config, Endpoint, Provider, ProxySettings
 from trunkproxy.kamailio.render import InterfaceError, interface_address, kamailio_cfg, resolve_endpoint, settings_json
 from trunkproxy.routing.settings import settings_from_json
 
@@ -34,6 +34,20 @@ def test_kamailio_accepts_generated_config(tmp_path, extra):
                             timeout=30)
     assert result.returncode == 0, result.stderr[-2000:]
     assert ("#!define WITH_MEDIA" in resolved.config_path.read_text()) is resolved.relays_media
+
+
+@pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed (scripts/install-system-deps)")
+def test_kamailio_accepts_the_config_with_hep_capture(tmp_path):
+    config = _config(tmp_path).model_copy(update={"capture": CaptureSettings(hep="127.0.0.1:9060")})
+    resolved = resolve_endpoint(config, config.endpoints[0])
+    resolved.run_dir.mkdir(parents=True)
+    resolved.config_path.write_text(kamailio_cfg(config, resolved))
+    resolved.settings_path.write_text(settings_json(config, resolved, b"s" * 32, None))
+    result = subprocess.run([shutil.which("kamailio"), "-c", "-f", str(resolved.config_path)], capture_output=True,
+                            text=True, env={"TRUNKPROXY_ENDPOINT_SETTINGS": str(resolved.settings_path),
+                                            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, timeout=30)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'modparam("siptrace", "duplicate_uri", "sip:127.0.0.1:9060")' in resolved.config_path.read_text()
 
 
 def test_settings_round_trip_with_live_overrides(tmp_path):

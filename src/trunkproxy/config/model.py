@@ -115,6 +115,32 @@ class MediaSettings(_Strict):
         return self
 
 
+class CaptureSettings(_Strict):
+    """SIP capture for incident work: every message each endpoint receives and sends, mirrored
+    as HEP v3 to a capture server (Homer, sngrep -L), docs/capture.md."""
+
+    hep: str | None = None
+    """`IP:PORT` of the HEP receiver (UDP); unset: no capture."""
+    capture_id: int = Field(default=2001, ge=0, le=4294967295)
+    """HEP capture agent id, telling this host's packets apart in Homer."""
+
+    @field_validator("hep")
+    @classmethod
+    def _hep_parses(cls, value: str | None) -> str | None:
+        from trunkproxy.routing.addresses import parse_hostport
+
+        if value is None:
+            return value
+        host, port = parse_hostport(value, 0)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: write the capture server as IP:PORT, e.g. '127.0.0.1:9060'") from exc
+        if port == 0:
+            raise ValueError(f"{value!r}: the capture server needs a port, e.g. '{host}:9060'")
+        return value
+
+
 class ApiSettings(_Strict):
     """The HTTP API and /metrics."""
 
@@ -203,6 +229,7 @@ class Endpoint(_Strict):
 class Config(_Strict):
     proxy: ProxySettings = ProxySettings()
     media: MediaSettings = MediaSettings()
+    capture: CaptureSettings = CaptureSettings()
     api: ApiSettings = ApiSettings()
     consul: ConsulSettings = ConsulSettings()
     endpoints: list[Endpoint] = Field(default_factory=list)

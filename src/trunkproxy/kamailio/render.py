@@ -233,6 +233,8 @@ def kamailio_cfg(config: Config, resolved: ResolvedEndpoint, aliases: list[str] 
         "NEXT_HOP_KEY": "|$nh(d)" if any(is_host_name(a) for a in allow_destinations(config, ep) or ()) else "",
     }
     values.update(_media_values(config, resolved))
+    values.update({"HEP_DEFINE": "#!define WITH_HEP" if config.capture.hep else "",
+                   "HEP_ADDRESS": config.capture.hep or "", "HEP_CAPTURE_ID": str(config.capture.capture_id)})
     for key, value in values.items():
         template = template.replace(f"@@{key}@@", value)
     return template
