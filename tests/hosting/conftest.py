@@ -131,7 +131,11 @@ def consul_agent(tmp_path: Path):
         agent.stop()
 
 
-def host_config(tmp_path: Path, consul: ConsulAgent | None = None, **consul_settings) -> Config:
+def host_config(tmp_path: Path, consul: ConsulAgent | None = None, standalone: bool = False,
+                **consul_settings) -> Config:
+    """A hosting-mode host (Consul on: PBXs are given the endpoints' Consul DNS names; no agent
+    given: one that does not answer, so pass kv_rules), or a standalone one (Consul off: the
+    endpoints' internal addresses)."""
     data = {
         "proxy": {"hostname": "csphost01", "state_dir": str(tmp_path / "state")},
         "endpoints": [{"interface": "ens5", "external_address": "198.51.100.1"},
@@ -139,6 +143,8 @@ def host_config(tmp_path: Path, consul: ConsulAgent | None = None, **consul_sett
     }
     if consul is not None:
         data["consul"] = {"enabled": True, "address": consul.address, **consul_settings}
+    elif not standalone:
+        data["consul"] = {"enabled": True, "address": "http://127.0.0.1:9", **consul_settings}
     return Config.model_validate(data)
 
 

@@ -22,7 +22,7 @@ def apply_lines(caplog) -> list[str]:
 async def test_seed_file_gives_the_exact_log_line_and_a_private_file(tmp_path, store, caplog):
     (tmp_path / "sipproxy.json").write_text(TELEKOM_JSON)
     caplog.set_level(logging.INFO, logger="trunkproxy.apply")
-    result = await run_apply(host_config(tmp_path), store=store, output_dir=tmp_path / "out",
+    result = await run_apply(host_config(tmp_path), kv_rules=None, store=store, output_dir=tmp_path / "out",
                              sipproxy_json=tmp_path / "sipproxy.json", check_dns=False)
     assert result.ok and result.errors == []
     assert LINE in apply_lines(caplog)
@@ -35,7 +35,7 @@ async def test_seed_file_gives_the_exact_log_line_and_a_private_file(tmp_path, s
 
 
 async def test_missing_file_means_no_rules(tmp_path, store):
-    result = await run_apply(host_config(tmp_path), store=store, output_dir=tmp_path / "out",
+    result = await run_apply(host_config(tmp_path), kv_rules=None, store=store, output_dir=tmp_path / "out",
                              sipproxy_json=tmp_path / "absent.json", check_dns=False)
     assert result.ok
     assert all("directly" in line for line in result.lines)
@@ -55,13 +55,13 @@ async def test_bad_file_writes_nothing_and_keeps_the_previous_output(tmp_path, s
     config, out = host_config(tmp_path), tmp_path / "out"
     rules = tmp_path / "sipproxy.json"
     rules.write_text(TELEKOM_JSON)
-    assert (await run_apply(config, store=store, output_dir=out, sipproxy_json=rules, check_dns=False)).ok
+    assert (await run_apply(config, kv_rules=None, store=store, output_dir=out, sipproxy_json=rules, check_dns=False)).ok
     before = (out / OUTPUT_NAME).read_text()
     text, fragment = BAD_FILES[name]
     rules.write_text(text)
     store.edit("sipgate", interface="ens6")  # a change that would alter the output
     caplog.set_level(logging.INFO, logger="trunkproxy.apply")
-    result = await run_apply(config, store=store, output_dir=out, sipproxy_json=rules, check_dns=False)
+    result = await run_apply(config, kv_rules=None, store=store, output_dir=out, sipproxy_json=rules, check_dns=False)
     assert not result.ok and result.written == []
     assert any(str(rules) in e and fragment in e for e in result.errors), result.errors
     assert (out / OUTPUT_NAME).read_text() == before
@@ -72,19 +72,19 @@ async def test_bad_file_writes_nothing_and_keeps_the_previous_output(tmp_path, s
 
 async def test_interface_change_takes_effect_on_apply(tmp_path, store):
     config, out = host_config(tmp_path), tmp_path / "out"
-    first = await run_apply(config, store=store, output_dir=out, sipproxy_json=None, check_dns=False)
+    first = await run_apply(config, kv_rules=None, store=store, output_dir=out, sipproxy_json=None, check_dns=False)
     assert first.lines[1] == "Will route trunk [telekom] directly to registrar [tel.t-online.de] (no proxy)"
     store.edit("telekom", interface="ens6")
-    second = await run_apply(config, store=store, output_dir=out, sipproxy_json=None, check_dns=False)
+    second = await run_apply(config, kv_rules=None, store=store, output_dir=out, sipproxy_json=None, check_dns=False)
     assert second.lines[1] == "Will route trunk [telekom] via proxy [csphost01-ifens6.cs-proxy.service.pascom]"
     assert second.changed and "outbound_proxy=sip:csphost01-ifens6.cs-proxy.service.pascom\\;lr" in (out / OUTPUT_NAME).read_text()
-    third = await run_apply(config, store=store, output_dir=out, sipproxy_json=None, check_dns=False)
+    third = await run_apply(config, kv_rules=None, store=store, output_dir=out, sipproxy_json=None, check_dns=False)
     assert third.ok and not third.changed and third.written == []
 
 
 async def test_unknown_interface_fails(tmp_path, store):
     store.edit("telekom", interface="ens9")
-    result = await run_apply(host_config(tmp_path), store=store, output_dir=tmp_path / "out", sipproxy_json=None,
+    result = await run_apply(host_config(tmp_path), kv_rules=None, store=store, output_dir=tmp_path / "out", sipproxy_json=None,
                              check_dns=False)
     assert not result.ok and "interface 'ens9'" in result.errors[0]
     assert not (tmp_path / "out").exists()
@@ -93,7 +93,7 @@ async def test_unknown_interface_fails(tmp_path, store):
 async def test_unresolvable_proxy_fails_naming_file_and_line(tmp_path, store):
     """A DNS server that does not answer (nothing listens on the port) counts as 'does not resolve'."""
     (tmp_path / "sipproxy.json").write_text(TELEKOM_JSON)
-    result = await run_apply(host_config(tmp_path), store=store, output_dir=tmp_path / "out",
+    result = await run_apply(host_config(tmp_path), kv_rules=None, store=store, output_dir=tmp_path / "out",
                              sipproxy_json=tmp_path / "sipproxy.json", dns_server=f"127.0.0.1:{free_port()}",
                              dns_timeout=0.5)
     assert not result.ok
@@ -147,7 +147,34 @@ def test_cli_trunk_commands_and_apply(tmp_path, capsys, monkeypatch, caplog):
 async def test_missing_trunk_store_is_an_error_not_an_empty_configuration(tmp_path):
     from trunkproxy.hosting.trunks import TrunkStore
 
-    result = await run_apply(host_config(tmp_path), store=TrunkStore(tmp_path / "typo.sqlite"),
+    result = await run_apply(host_config(tmp_path), kv_rules=None, store=TrunkStore(tmp_path / "typo.sqlite"),
                              output_dir=tmp_path / "out", sipproxy_json=None, check_dns=False)
     assert not result.ok and "does not exist" in result.errors[0]
     assert not (tmp_path / "out").exists() and not (tmp_path / "typo.sqlite").exists()
+
+
+async def test_a_standalone_host_without_consul_gives_the_pbx_the_endpoints_internal_address(tmp_path, store):
+    """Issue 15: without Consul the proxy's DNS name resolves nowhere; the apply job works out of
+    the box with the endpoint's internal side, and its (on) DNS check passes for an address."""
+    config = host_config(tmp_path, standalone=True)
+    store.edit("telekom", interface="ens5")
+    result = await run_apply(config, store=store, output_dir=tmp_path / "out", sipproxy_json=None)
+    assert result.ok, result.errors
+    assert result.lines[1] == "Will route trunk [telekom] via proxy [127.0.0.1:5060]"
+    assert "outbound_proxy=sip:127.0.0.1:5060\\;lr" in (tmp_path / "out" / OUTPUT_NAME).read_text()
+
+
+def test_standalone_walk_through_from_the_command_line(tmp_path, capsys):
+    """README's standalone walk-through: no Consul, one PBX on the host, one trunk, apply. The
+    PBX's transport does not take the endpoint's port (5060 on loopback)."""
+    from trunkproxy.cli import main
+
+    config = tmp_path / "trunkproxy.toml"
+    config.write_text(f'[proxy]\nstate_dir = "{tmp_path / "state"}"\n\n'
+                      '[[endpoints]]\ninterface = "lo"\nexternal_port = 5080\n')
+    assert main(["-c", str(config), "trunk", "add", "telekom", "--registrar", "tel.t-online.de",
+                 "--username", "0301234567", "--secret", "s3cr3t", "--interface", "lo"]) == 0
+    assert main(["-c", str(config), "apply", "--output", str(tmp_path / "asterisk"), "--no-sipproxy-json"]) == 0
+    written = (tmp_path / "asterisk" / OUTPUT_NAME).read_text()
+    assert "outbound_proxy=sip:127.0.0.1:5060\\;lr" in written
+    assert "bind=0.0.0.0:5062" in written and "bind=0.0.0.0:5060" not in written

@@ -52,7 +52,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     apply.add_argument("--no-dns-check", action="store_true", help="do not check that proxy names resolve")
     apply.add_argument("--hostname", help="this host's name in proxy names (default proxy.hostname / the hostname)")
     apply.add_argument("--context", default="from-trunk", help="dialplan context for incoming calls (default from-trunk)")
-    apply.add_argument("--bind", default="0.0.0.0:5060", help="bind address of the transport sections written")
+    apply.add_argument("--bind", default=None,
+                       help="bind address of the transport sections written (default 0.0.0.0:5060 with Consul, "
+                            "where the PBX has its own address; 0.0.0.0:5062 without, where it shares the host "
+                            "with the endpoint's internal side on 5060)")
     apply.add_argument("--no-transports", action="store_true",
                        help="do not write transport sections (the PBX defines trunkproxy-udp / trunkproxy-tcp)")
     _db(apply)
@@ -156,6 +159,12 @@ def _trunk_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+HOSTED_PBX_BIND = "0.0.0.0:5060"
+"""A PBX instance in its own container (hosting mode, Consul on) has the port to itself."""
+STANDALONE_PBX_BIND = "0.0.0.0:5062"
+"""A PBX on the same host as the endpoint (no Consul): the endpoint's internal side has 5060."""
+
+
 def _apply(args: argparse.Namespace) -> int:
     from trunkproxy.hosting.apply import DEFAULT_OUTPUT_DIR, DEFAULT_SIPPROXY_JSON, run_apply
     from trunkproxy.hosting.pjsip import PjsipSettings
@@ -165,7 +174,8 @@ def _apply(args: argparse.Namespace) -> int:
     kwargs = {}
     if args.no_consul:
         kwargs["kv_rules"] = None
-    settings = PjsipSettings(context=args.context, bind=args.bind, write_transports=not args.no_transports)
+    bind = args.bind or (HOSTED_PBX_BIND if config.consul.enabled else STANDALONE_PBX_BIND)
+    settings = PjsipSettings(context=args.context, bind=bind, write_transports=not args.no_transports)
     result = asyncio.run(run_apply(
         config, output_dir=args.output or DEFAULT_OUTPUT_DIR, store=TrunkStore(args.db) if args.db else None,
         sipproxy_json=None if args.no_sipproxy_json else (args.sipproxy_json or DEFAULT_SIPPROXY_JSON),

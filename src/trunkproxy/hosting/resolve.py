@@ -37,6 +37,9 @@ class EndpointMap:
     domain: str = "pascom"
     endpoints: dict[str, str] = field(default_factory=dict)
     """Interface name and endpoint name (`ens5`, `ifens5`) -> endpoint name (`ifens5`)."""
+    internal: dict[str, str] | None = None
+    """Without Consul (a standalone host): endpoint name -> its internal side `IP:PORT`, the
+    proxy the PBX is given instead of a Consul DNS name nothing would resolve."""
 
     @classmethod
     def from_config(cls, config: Config, hostname: str | None = None) -> "EndpointMap":
@@ -44,13 +47,18 @@ class EndpointMap:
         for endpoint in config.endpoints:
             names[endpoint.interface.lower()] = endpoint.endpoint_name
             names[endpoint.endpoint_name.lower()] = endpoint.endpoint_name
+        internal = None if config.consul.enabled else {
+            e.endpoint_name: (f"[{e.internal_address}]" if ":" in e.internal_address else e.internal_address)
+            + f":{e.internal_port}" for e in config.endpoints}
         return cls(hostname=(hostname or host_name(config)).lower(), service=config.consul.service,
-                   domain=config.consul.domain, endpoints=names)
+                   domain=config.consul.domain, endpoints=names, internal=internal)
 
     def proxy_for(self, interface: str) -> str | None:
         endpoint = self.endpoints.get(interface.lower())
         if endpoint is None:
             return None
+        if self.internal is not None:
+            return self.internal[endpoint]
         return proxy_dns_name(self.hostname, endpoint, self.service, self.domain)
 
 
