@@ -14,6 +14,7 @@ from trunkproxy.kamailio.render import (
     InterfaceError,
     ResolvedEndpoint,
     kamailio_cfg,
+    port_problems,
     resolve_endpoint,
     rtpengine_installed,
     settings_json,
@@ -176,6 +177,10 @@ class Supervisor:
             log.error("reload: %s", exc)
 
     async def start(self) -> None:
+        # after the control plane started: a second trunkproxy on this state is told as such
+        busy = port_problems(self.config)
+        if busy:
+            raise StartupError("; ".join(busy))
         await self._start_media(self._media_argv(self.endpoints))
         for resolved in self.endpoints:
             await self._start_endpoint(resolved)

@@ -65,3 +65,29 @@ def test_a_crashed_worker_leaves_no_core_file_by_default(endpoint):
     wait_until(lambda: sip_ping(endpoint.internal_ip, endpoint.internal_port) == 200, timeout=15,
                message="the endpoint serving again")
     assert cores() == before
+
+
+def test_a_sip_port_in_use_is_one_clear_line_not_a_restart_loop(tmp_path):
+    """Issue 15: Kamailio would log a bind error, exit, be restarted, for 15 s, then a vague
+    'did not come up'. The port is checked first: one line naming endpoint, key and port."""
+    import socket
+    import subprocess
+    import sys
+
+    from .endpoint import TrunkproxyRun
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    try:
+        run = TrunkproxyRun(tmp_path / "busy", internal_port=holder.getsockname()[1])
+        run.config_path.write_text(run.toml())
+        result = subprocess.run([sys.executable, "-m", "trunkproxy.cli", "-c", str(run.config_path), "run"],
+                                capture_output=True, text=True, timeout=30)
+    finally:
+        holder.close()
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert errors == [f"{errors[0][:23]} ERROR trunkproxy.supervisor: endpoint iflo: internal_port = "
+                      f"{run.internal_port}: cannot bind udp 127.0.0.1:{run.internal_port}: another program uses "
+                      "it (stop it, or choose another port)"], result.stderr
+    assert "Traceback" not in result.stderr and "kamailio started" not in result.stderr

@@ -1,6 +1,7 @@
 """Endpoint configuration -> Kamailio's native config and the routing code's settings JSON."""
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import shutil
@@ -257,3 +258,40 @@ def _media_values(config: Config, resolved: ResolvedEndpoint) -> dict[str, str]:
                                                       pbx_srtp=resolved.endpoint.pbx_srtp),
         "MEDIA_SRTP_TO_PROVIDER": srtp_block,
     }
+
+
+def port_problems(config: Config) -> list[str]:
+    """The endpoints' SIP sockets another program holds, or this user may not bind: one line
+    each naming the endpoint, the key and the fix (`run` checks before starting anything, where
+    Kamailio would only log a bind error and exit, again and again)."""
+    problems = []
+    for ep in config.endpoints:
+        try:
+            external = ep.external_address or interface_address(ep.interface)
+        except InterfaceError:
+            continue  # host_problems names it
+        for key, address, port in (("internal_port", ep.internal_address, ep.internal_port),
+                                   ("external_port", external, ep.external_port)):
+            for transport in ep.transports:
+                reason = _bind_failure(address, port, transport)
+                if reason:
+                    problems.append(f"endpoint {ep.endpoint_name}: {key} = {port}: cannot bind {transport} "
+                                    f"{_hostport(address, port)}: {reason}")
+    return problems
+
+
+def _bind_failure(address: str, port: int, transport: str) -> str | None:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    with socket.socket(family, kind) as probe:
+        if kind == socket.SOCK_STREAM:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Kamailio: TIME_WAIT is no conflict
+        try:
+            probe.bind((address, port))
+        except PermissionError:
+            return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE: docs/service.md)"
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "another program uses it (stop it, or choose another port)"
+            return exc.strerror or str(exc)
+    return None
