@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -69,12 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def log_format(environ) -> str:
+    """One line per event; under systemd (JOURNAL_STREAM set) without our own timestamp, which
+    the journal keeps already."""
+    fields = "%(levelname)s %(name)s: %(message)s"
+    return fields if environ.get("JOURNAL_STREAM") else f"%(asctime)s {fields}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=log_format(os.environ),
         stream=sys.stderr,
     )
     try:

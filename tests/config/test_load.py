@@ -64,3 +64,10 @@ def test_version_is_printed(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("trunkproxy 0.")
+
+
+def test_log_lines_leave_the_timestamp_to_the_journal_under_systemd():
+    from trunkproxy.cli import log_format
+
+    assert log_format({"JOURNAL_STREAM": "8:1234"}) == "%(levelname)s %(name)s: %(message)s"
+    assert log_format({}).startswith("%(asctime)s ")
