@@ -145,6 +145,18 @@ class SipUa:
         self.peer.sock.sendto(("\r\n".join(lines) + "\r\n\r\n" + body).encode(), target)
         return branch
 
+    def send_register(self, registrar: str, user: str = "4930111", expires: int = 300) -> str:
+        """A REGISTER for `user@registrar` to the outbound proxy; returns its Call-ID."""
+        n = next(_seq)
+        call_id = f"reg-{n}-{time.monotonic_ns()}@{self.peer.ip}"
+        lines = [f"REGISTER sip:{registrar} SIP/2.0",
+                 f"Via: SIP/2.0/UDP {self.hostport};branch=z9hG4bK-reg-{n}-{time.monotonic_ns()};rport",
+                 "Max-Forwards: 70", f"From: <sip:{user}@{registrar}>;tag=reg{n}", f"To: <sip:{user}@{registrar}>",
+                 f"Call-ID: {call_id}", "CSeq: 1 REGISTER", f"Contact: <sip:{user}@{self.hostport}>",
+                 f"Expires: {expires}", "Content-Length: 0"]
+        self.peer.sock.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), _hostport_of("sip:" + self.outbound))
+        return call_id
+
     def invite(self, ruri: str, body: str = "", extra: str = "") -> Dialog:
         n = next(_seq)
         dialog = Dialog(call_id=f"media-{n}-{time.monotonic_ns()}@{self.peer.ip}", local_tag=f"{self.name}{n}",

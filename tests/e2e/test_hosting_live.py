@@ -11,7 +11,7 @@ from hosting.conftest import ConsulAgent, consul_binary
 from .endpoint import ProviderPin
 from .procs import wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.consul]
 
 KV_KEY = "config/csphost01/system/outboundproxy"
 

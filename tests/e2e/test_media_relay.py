@@ -120,14 +120,7 @@ def _flows(media, pbx_sees, provider_sees, count=20):
 
 def _register(pbx, provider, endpoint) -> str:
     """The PBX registers through the endpoint; returns the Contact URI the provider got."""
-    n = id(pbx) % 1000
-    lines = ["REGISTER sip:tel.example.test SIP/2.0",
-             f"Via: SIP/2.0/UDP {pbx.hostport};branch=z9hG4bK-reg-{n};rport", "Max-Forwards: 70",
-             "From: <sip:4930111@tel.example.test>;tag=reg1", "To: <sip:4930111@tel.example.test>",
-             f"Call-ID: reg-{n}@127.0.0.1", "CSeq: 1 REGISTER", f"Contact: <sip:4930111@{pbx.hostport}>",
-             "Expires: 300", "Content-Length: 0"]
-    host, port = endpoint.internal_hostport.split(":")
-    pbx.peer.sock.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), (host, int(port)))
+    pbx.send_register("tel.example.test")
     register = provider.expect_request("REGISTER")
     provider.reply(register, 200, "OK", extra=f"Contact: {register.header('Contact')};expires=300")
     pbx.expect_status("REGISTER", 200)

@@ -13,23 +13,13 @@ from .procs import free_port, wait_until
 pytestmark = pytest.mark.e2e
 
 
-def _register(pbx: SipUa, endpoint, registrar: str, n: int) -> None:
-    lines = [f"REGISTER sip:{registrar} SIP/2.0",
-             f"Via: SIP/2.0/UDP {pbx.hostport};branch=z9hG4bK-regport-{n};rport", "Max-Forwards: 70",
-             f"From: <sip:4930111@{registrar}>;tag=rp{n}", f"To: <sip:4930111@{registrar}>",
-             f"Call-ID: regport-{n}@127.0.0.1", "CSeq: 1 REGISTER", f"Contact: <sip:4930111@{pbx.hostport}>",
-             "Expires: 300", "Content-Length: 0"]
-    host, port = endpoint.internal_hostport.split(":")
-    pbx.peer.sock.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), (host, int(port)))
-
-
 def test_two_ports_of_one_registrar_host_are_two_registrations(make_endpoint):
     registrars = [SipUa("127.0.0.1", "registrar_a"), SipUa("127.0.0.1", "registrar_b")]
     endpoint = make_endpoint(api_port=free_port())
     pbx = SipUa("127.0.0.1", "pbx", outbound=endpoint.internal_hostport)
     try:
-        for n, registrar in enumerate(registrars):
-            _register(pbx, endpoint, registrar.hostport, n)
+        for registrar in registrars:
+            pbx.send_register(registrar.hostport)
             register = registrar.expect_request("REGISTER")
             registrar.reply(register, 200, "OK", extra=f"Contact: {register.header('Contact')};expires=300")
             pbx.expect_status("REGISTER", 200)
