@@ -91,8 +91,11 @@ class SupervisedProcess:
             while line := await reader.readline():
                 if self._stopping and _SHUTDOWN_NOISE.search(line):
                     continue
-                out.write(line)
-                out.flush()
+                try:
+                    out.write(line)
+                    out.flush()
+                except (OSError, ValueError):
+                    pass  # our stderr is gone: keep draining, a full pipe would block the daemon's logging
         finally:
             transport.close()
 
