@@ -127,21 +127,32 @@ def _register(pbx, provider, endpoint) -> str:
     return register.uri_of("Contact")
 
 
-def test_inbound_call_media_flows_and_each_side_sees_its_own_address(lab):
-    endpoint, pbx, provider, media = lab
-    contact = _register(pbx, provider, endpoint)
+def _inbound_call(pbx, provider, endpoint, contact, offer, answer):
+    """The provider calls the registered PBX at `contact` with `offer`; the PBX rings and
+    answers with `answer`. Returns the provider's dialog and the INVITE and 200 as each side
+    received them."""
     provider.outbound = endpoint.external_hostport
-    dialog = provider.invite(contact, sdp(PROVIDER_MEDIA_IP, media["provider"].port))
+    dialog = provider.invite(contact, offer)
     invite = pbx.expect_request("INVITE")
-    assert sdp_address(invite.body)[0] == "127.0.0.1" and PROVIDER_MEDIA_IP not in invite.body
     near = pbx.accept(invite)
     pbx.reply(invite, 180, "Ringing", dialog=near)
-    pbx.reply(invite, 200, "OK", dialog=near, body=sdp(PBX_MEDIA_IP, media["pbx"].port))
+    pbx.reply(invite, 200, "OK", dialog=near, body=answer)
     ok = provider.expect_status("INVITE", 200)
-    assert sdp_address(ok.body)[0] == EXTERNAL_IP and PBX_MEDIA_IP not in ok.body
     provider.confirm(dialog, ok)
     provider.ack(dialog)
     pbx.expect_request("ACK")
+    provider.outbound = None
+    return dialog, invite, ok
+
+
+def test_inbound_call_media_flows_and_each_side_sees_its_own_address(lab):
+    endpoint, pbx, provider, media = lab
+    contact = _register(pbx, provider, endpoint)
+    dialog, invite, ok = _inbound_call(pbx, provider, endpoint, contact,
+                                       sdp(PROVIDER_MEDIA_IP, media["provider"].port),
+                                       sdp(PBX_MEDIA_IP, media["pbx"].port))
+    assert sdp_address(invite.body)[0] == "127.0.0.1" and PROVIDER_MEDIA_IP not in invite.body
+    assert sdp_address(ok.body)[0] == EXTERNAL_IP and PBX_MEDIA_IP not in ok.body
     _flows(media, sdp_address(invite.body), sdp_address(ok.body))
     _hang_up(provider, pbx, dialog)
     assert rtpengine_sessions(endpoint) == 0
@@ -217,7 +228,8 @@ def test_early_media_in_a_reliable_183_with_prack(lab):
     early = media["pbx"].received(0.5)
     assert len(early) >= 19 and {ip for ip, _ in early} == {"127.0.0.1"}
     provider.reply(invite, 200, "OK", dialog=far, body=sdp(PROVIDER_MEDIA_IP, media["provider"].port))
-    pbx.ack(dialog) if pbx.expect_status("INVITE", 200) else None
+    pbx.expect_status("INVITE", 200)
+    pbx.ack(dialog)
     provider.expect_request("ACK")
     _flows(media, sdp_address(progress.body), sdp_address(invite.body))
     _hang_up(pbx, provider, dialog)
@@ -272,18 +284,11 @@ def test_repeated_calls_replayed_from_the_decision_cache_are_still_anchored(lab)
         assert sdp_address(offer_seen)[0] == EXTERNAL_IP and sdp_address(answer_seen)[0] == "127.0.0.1"
         _flows(media, sdp_address(answer_seen), sdp_address(offer_seen))
         _hang_up(pbx, provider, dialog)
-        provider.outbound = endpoint.external_hostport
-        dialog = provider.invite(contact, sdp(PROVIDER_MEDIA_IP, media["provider"].port))
-        invite = pbx.expect_request("INVITE")
-        near = pbx.accept(invite)
-        pbx.reply(invite, 200, "OK", dialog=near, body=sdp(PBX_MEDIA_IP, media["pbx"].port))
-        ok = provider.expect_status("INVITE", 200)
+        dialog, invite, ok = _inbound_call(pbx, provider, endpoint, contact,
+                                           sdp(PROVIDER_MEDIA_IP, media["provider"].port),
+                                           sdp(PBX_MEDIA_IP, media["pbx"].port))
         assert sdp_address(invite.body)[0] == "127.0.0.1" and sdp_address(ok.body)[0] == EXTERNAL_IP
-        provider.confirm(dialog, ok)
-        provider.ack(dialog)
-        pbx.expect_request("ACK")
         _hang_up(provider, pbx, dialog)
-        provider.outbound = None
     # one decision each way, memoised by the first call and replayed for the others
     names = [e["name"] for e in _entries(endpoint, "tp_dec")]
     assert len([n for n in names if n.startswith("INVITE|")]) == 1, names
@@ -489,17 +494,10 @@ def test_srtp_towards_a_provider_that_wants_it_and_plain_rtp_towards_pbxs_that_d
 
         # inbound: the provider offers SRTP, the PBX is offered plain RTP
         contact = _register(pbx, provider, endpoint)
-        provider.outbound = endpoint.external_hostport
-        dialog = provider.invite(contact, provider_sdp())
-        invite = pbx.expect_request("INVITE")
+        dialog, invite, ok = _inbound_call(pbx, provider, endpoint, contact, provider_sdp(),
+                                           sdp(PBX_MEDIA_IP, media["pbx"].port))
         assert re.search(r"^m=audio \d+ RTP/AVP ", invite.body, re.M) and "a=crypto" not in invite.body
-        near = pbx.accept(invite)
-        pbx.reply(invite, 200, "OK", dialog=near, body=sdp(PBX_MEDIA_IP, media["pbx"].port))
-        ok = provider.expect_status("INVITE", 200)
         assert re.search(r"^m=audio \d+ RTP/SAVP ", ok.body, re.M)
-        provider.confirm(dialog, ok)
-        provider.ack(dialog)
-        pbx.expect_request("ACK")
         _send_srtp(media["provider"], provider_key, sdp_address(ok.body), 20)
         assert _plain(media["pbx"]) >= 19
         media["pbx"].send(sdp_address(invite.body), 20)
