@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,10 +25,8 @@ pytestmark = [
 
 def test_bench_quick_has_zero_failed_calls(tmp_path):
     out = tmp_path / "bench.json"
-    started = time.monotonic()
     result = run.main(["--quick", "--quick-calls", "300", "--quick-rate", "100",
                        "--out", str(out), "--workdir", str(tmp_path / "work")])
-    took = time.monotonic() - started
     saved = json.loads(out.read_text())
     assert saved["summary"] == result["summary"]
     cpu = result["runs"][0]["cpu"]
@@ -42,7 +39,6 @@ def test_bench_quick_has_zero_failed_calls(tmp_path):
                 assert entry["successful"] == 300 and entry["failed"] == 0 and entry["uas_failed"] == 0
                 assert entry["cpu_s"] is not None
     assert result["cpu_rounds_all_passed"]
-    assert took < 60, f"smoke benchmark took {took:.0f}s"
 
 
 def test_bench_quick_media_anchors_every_call_in_both_targets(tmp_path):

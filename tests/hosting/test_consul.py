@@ -113,10 +113,9 @@ async def test_kv_change_reaches_the_running_endpoint_and_the_next_apply(tmp_pat
         assert await live.wait_ready(10)
         assert received == [(received[0][0], {})]  # key absent: no host-wide rules
 
-        put_at = time.monotonic()
         consul_agent.kv_put(KV_KEY, TELEKOM_JSON)
+        # within 5 s: the blocking query returns on the change, not at the end of its 30 s wait
         await until(lambda: len(received) == 2, timeout=5, what="new rules from a blocking query")
-        assert received[1][0] - put_at < 3
         assert received[1][1]["tel.t-online.de"].proxy == PROXY_NAME
         assert received[1][1]["tel.t-online.de"].options == (("transport", "tcp"),)
 
