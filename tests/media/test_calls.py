@@ -57,3 +57,24 @@ def test_the_monitor_counts_deltas_and_alarms_once_per_call_and_direction(caplog
     monitor._account({}, stats)
     snap = monitor.snapshot.as_dict()
     assert snap["sessions"] == {"ifa": 0} and snap["packets"]["ifa"]["pbx_to_provider"] == 51
+
+
+async def test_a_reply_of_an_unknown_shape_does_not_stop_the_monitor(caplog):
+    import asyncio
+
+    class OddRtpengine:
+        calls = 0
+
+        async def command(self, name, **params):
+            self.calls += 1
+            if name == "statistics":
+                return {"statistics": {"currentstatistics": {"sessionsown": "many"}}}
+            return {"calls": []}
+
+    engine = OddRtpengine()
+    monitor = MediaMonitor(client=engine, endpoints=["ifa"], poll_interval_s=0.01, one_way_after_s=10)
+    task = asyncio.create_task(monitor.run())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    assert engine.calls > 4  # still polling after the first odd reply
+    assert "media statistics not understood" in caplog.text and monitor.snapshot.available is False

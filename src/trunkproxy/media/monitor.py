@@ -67,6 +67,11 @@ class MediaMonitor:
                 if self.snapshot.available:
                     log.warning("media statistics unavailable: %s", exc)
                 self.snapshot.available = False
+            except (ValueError, TypeError, AttributeError) as exc:
+                # a reply of a shape this reading does not know (another rtpengine version):
+                # logged, and the monitor goes on with the next poll
+                log.warning("media statistics not understood: %r", exc)
+                self.snapshot.available = False
             await asyncio.sleep(self.poll_interval_s)
 
     async def poll(self) -> None:
