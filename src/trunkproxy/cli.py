@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     check = sub.add_parser("check-config", help="validate the configuration file and exit")
     check.set_defaults(func=_check)
+    for command in (run, check):
+        # also after the command (`./run.sh --config FILE` ends as `trunkproxy run --config FILE`)
+        command.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS,
+                             help="TOML configuration (as before the command)")
     example = sub.add_parser("example-config", help="print a commented configuration to start from")
     example.set_defaults(func=_example)
 

@@ -71,3 +71,15 @@ def test_log_lines_leave_the_timestamp_to_the_journal_under_systemd():
 
     assert log_format({"JOURNAL_STREAM": "8:1234"}) == "%(levelname)s %(name)s: %(message)s"
     assert log_format({}).startswith("%(asctime)s ")
+
+
+def test_config_is_accepted_after_the_command_too(tmp_path, capsys):
+    """README: `./run.sh --config FILE` runs `trunkproxy run --config FILE`."""
+    from trunkproxy.cli import build_parser, main
+
+    path = tmp_path / "trunkproxy.toml"
+    path.write_text('[[endpoints]]\ninterface = "lo"\nname = "after"\nexternal_port = 5080\n')
+    assert build_parser().parse_args(["run", "--config", str(path)]).config == path
+    assert build_parser().parse_args(["-c", str(path), "run"]).config == path
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert "endpoints after" in capsys.readouterr().out
