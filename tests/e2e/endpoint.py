@@ -9,7 +9,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import urllib.request
+
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from .procs import free_port, netns_prefix, read_log, sip_ping, stop_process, tail
 
@@ -20,6 +23,21 @@ class ProviderPin:
     addresses: list[str]
     transport: str | None = None
     srtp: bool = False
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """One scrape of /metrics: sample values by name and labels."""
+
+    samples: dict[tuple[str, tuple], float]
+
+    @classmethod
+    def parse(cls, text: str) -> "Metrics":
+        return cls({(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(text) for s in family.samples})
+
+    def get(self, name: str, **labels: str) -> float | None:
+        return self.samples.get((name, tuple(sorted(labels.items()))))
 
 
 @dataclass
@@ -160,6 +178,11 @@ class TrunkproxyRun:
     def api_url(self) -> str:
         """Base URL of the HTTP API (`api_port` must be set)."""
         return f"http://127.0.0.1:{self.api_port}"
+
+    def metrics(self) -> Metrics:
+        """One scrape of the run's /metrics (`api_port` must be set)."""
+        with urllib.request.urlopen(f"{self.api_url}/metrics", timeout=5) as response:
+            return Metrics.parse(response.read().decode())
 
     def restart(self, timeout: float = 20.0) -> "TrunkproxyRun":
         """Stop `trunkproxy run` and start it again: same TOML, ports and state dir.

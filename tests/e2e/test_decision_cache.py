@@ -12,7 +12,6 @@ import json
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from trunkproxy.kamailio.rpc import rpc_call
 
@@ -98,12 +97,7 @@ def test_calls_from_one_pbx_flow_are_replayed_and_counted_as_active_dialogs(make
     pbx = sipp.background("pbx_uac", rsa=run.internal_hostport, calls=3, pause_ms=1500)
 
     def active_dialogs() -> float | None:
-        with urllib.request.urlopen(run.api_url + "/metrics", timeout=5) as resp:
-            for family in text_string_to_metric_families(resp.read().decode()):
-                for sample in family.samples:
-                    if sample.name == "trunkproxy_active_dialogs" and sample.labels.get("endpoint") == "iflo":
-                        return sample.value
-        return None
+        return run.metrics().get("trunkproxy_active_dialogs", endpoint="iflo")
 
     wait_until(lambda: active_dialogs() == 1, timeout=10, interval=0.1, message="one call up")
     assert pbx.wait(20).successful == 3 and far.wait(10).successful == 3

@@ -11,7 +11,6 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from trunkproxy.kamailio.render import PV_BUFFER_BYTES
 
@@ -82,20 +81,6 @@ def _wait_state(run, state: str, aor: str = f"sip:4930111@{REGISTRAR}", flow_ip:
         raise AssertionError(f"{exc}; registrations: {json.dumps(last, indent=1)}") from None
 
 
-def _metrics(run) -> dict[tuple[str, tuple], float]:
-    status, body = _get(run, "/metrics")
-    assert status == 200, body
-    out = {}
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
-
-
-def _sample(metrics, name: str, **labels) -> float | None:
-    return metrics.get((name, tuple(sorted(labels.items()))))
-
-
 # --------------------------------------------------------------------------- tests
 
 def test_registered_with_the_granted_expiry_in_api_and_cli(provider, make_endpoint, sipp):
@@ -109,9 +94,9 @@ def test_registered_with_the_granted_expiry_in_api_and_cli(provider, make_endpoi
     assert 590 <= reg["seconds_until_expiry"] <= 600
     assert reg["last_code"] == 200 and reg["consecutive_failures"] == 0 and reg["last_success"]
     assert reg["trunk"] is None  # no trunk store: unknown
-    metrics = _metrics(run)  # every line of Kamailio's event batches was read, none dropped
-    assert _sample(metrics, "trunkproxy_registration_events_total", result="received") >= 1
-    assert _sample(metrics, "trunkproxy_registration_events_total", result="malformed") == 0
+    metrics = run.metrics()  # every line of Kamailio's event batches was read, none dropped
+    assert metrics.get("trunkproxy_registration_events_total", result="received") >= 1
+    assert metrics.get("trunkproxy_registration_events_total", result="malformed") == 0
 
     cli = _one(_cli_status(run), f"sip:4930111@{REGISTRAR}")
     assert cli["state"] == "registered" and cli["expires"] == 600 and cli["flow"] == reg["flow"]
@@ -258,21 +243,21 @@ def test_metrics_parse_and_count_a_call(provider, make_endpoint, sipp):
     port = free_port()
     _register(sipp, run, local_port=port).assert_ok()
     _wait_state(run, "registered")
-    before = _metrics(run)
-    assert _sample(before, "trunkproxy_kamailio_stats_up", endpoint=ENDPOINT) == 1
-    assert _sample(before, "trunkproxy_registrations", endpoint=ENDPOINT, state="registered") == 1
-    assert _sample(before, "trunkproxy_registrations", endpoint=ENDPOINT, state="failed") == 0
+    before = run.metrics()
+    assert before.get("trunkproxy_kamailio_stats_up", endpoint=ENDPOINT) == 1
+    assert before.get("trunkproxy_registrations", endpoint=ENDPOINT, state="registered") == 1
+    assert before.get("trunkproxy_registrations", endpoint=ENDPOINT, state="failed") == 0
     labels = dict(endpoint=ENDPOINT, trunk="", aor=f"sip:4930111@{REGISTRAR}", registrar=REGISTRAR,
                   flow=f"udp:127.0.0.1:{port}", state="registered")
-    assert _sample(before, "trunkproxy_registration_state", **labels) == 1
-    invites_before = _sample(before, "trunkproxy_sip_requests_total", endpoint=ENDPOINT, method="INVITE") or 0
+    assert before.get("trunkproxy_registration_state", **labels) == 1
+    invites_before = before.get("trunkproxy_sip_requests_total", endpoint=ENDPOINT, method="INVITE") or 0
 
     pbx = sipp.background("pbx_uas", vars={"user": "4930111"}, local_port=port)
     sipp.run("provider_uac", provider.hostport, vars={"to_user": "4930111"}).assert_ok(calls=1)
     assert pbx.wait(10).successful == 1
 
-    after = _metrics(run)
-    invites_after = _sample(after, "trunkproxy_sip_requests_total", endpoint=ENDPOINT, method="INVITE")
+    after = run.metrics()
+    invites_after = after.get("trunkproxy_sip_requests_total", endpoint=ENDPOINT, method="INVITE")
     assert invites_after is not None and invites_after >= invites_before + 1
-    byes = _sample(after, "trunkproxy_sip_requests_total", endpoint=ENDPOINT, method="BYE")
+    byes = after.get("trunkproxy_sip_requests_total", endpoint=ENDPOINT, method="BYE")
     assert byes and byes >= 1

@@ -43,11 +43,9 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from .endpoint import ProviderPin, TrunkproxyRun
 from .procs import KAMCMD, free_port, run_failed, tools_missing, wait_until
@@ -1010,13 +1008,7 @@ def test_allow_listed_names_resolving_inside_are_refused(make_lab, transport):
 # --------------------------------------------------------------------------- counted and logged
 
 def _refused_total(run: TrunkproxyRun) -> float:
-    with urllib.request.urlopen(run.api_url + "/metrics", timeout=5) as resp:
-        body = resp.read().decode()
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.name == "trunkproxy_destinations_refused_total" and sample.labels.get("endpoint") == ENDPOINT:
-                return sample.value
-    return 0.0
+    return run.metrics().get("trunkproxy_destinations_refused_total", endpoint=ENDPOINT) or 0.0
 
 
 def test_refusals_are_counted_and_logged(make_lab):
