@@ -64,8 +64,7 @@ class Supervisor:
         if not config.endpoints:
             raise StartupError("no [[endpoints]] configured: add at least one (see docs/configuration.md)")
         if not rtpengine_installed(config):
-            wanted = [e.endpoint_name for e in config.endpoints
-                      if (e.media_relay if e.media_relay is not None else config.media.relay) is True]
+            wanted = [e.endpoint_name for e in config.endpoints if e.relay_setting(config.media) is True]
             if wanted:
                 raise StartupError(f"endpoint {wanted[0]}: media relay is on but {config.media.binary!r} is not "
                                    "installed: install Debian's rtpengine-daemon (scripts/install-system-deps "
@@ -178,7 +177,7 @@ class Supervisor:
 
     async def start(self) -> None:
         # after the control plane started: a second trunkproxy on this state is told as such
-        busy = port_problems(self.config)
+        busy = port_problems(self.endpoints)
         if busy:
             raise StartupError("; ".join(busy))
         await self._start_media(self._media_argv(self.endpoints))

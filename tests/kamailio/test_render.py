@@ -20,18 +20,23 @@ def _config(tmp_path, **endpoint):
     )
 
 
-@pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed (scripts/install-system-deps)")
-@pytest.mark.parametrize("extra", [{}, {"advertise": "203.0.113.1:5070"}, {"transports": ["udp"]},
-                                   {"media_relay": True}, {"media_relay": False}, {"pbx_srtp": False}])
-def test_kamailio_accepts_generated_config(tmp_path, extra):
-    config = _config(tmp_path, **extra)
+def _kamailio_check(config: Config):
+    """The generated config and settings written, then `kamailio -c` on them: its result."""
     resolved = resolve_endpoint(config, config.endpoints[0])
     resolved.run_dir.mkdir(parents=True)
     resolved.config_path.write_text(kamailio_cfg(config, resolved, ["host-iflo.cs-proxy.service.pascom"]))
     resolved.settings_path.write_text(settings_json(config, resolved, b"s" * 32, None))
-    result = subprocess.run([shutil.which("kamailio"), "-c", "-f", str(resolved.config_path)], capture_output=True, text=True,
-                            env={"TRUNKPROXY_ENDPOINT_SETTINGS": str(resolved.settings_path), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                            timeout=30)
+    result = subprocess.run([shutil.which("kamailio"), "-c", "-f", str(resolved.config_path)], capture_output=True,
+                            text=True, env={"TRUNKPROXY_ENDPOINT_SETTINGS": str(resolved.settings_path),
+                                            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, timeout=30)
+    return resolved, result
+
+
+@pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed (scripts/install-system-deps)")
+@pytest.mark.parametrize("extra", [{}, {"advertise": "203.0.113.1:5070"}, {"transports": ["udp"]},
+                                   {"media_relay": True}, {"media_relay": False}, {"pbx_srtp": False}])
+def test_kamailio_accepts_generated_config(tmp_path, extra):
+    resolved, result = _kamailio_check(_config(tmp_path, **extra))
     assert result.returncode == 0, result.stderr[-2000:]
     assert ("#!define WITH_MEDIA" in resolved.config_path.read_text()) is resolved.relays_media
 
@@ -39,13 +44,7 @@ def test_kamailio_accepts_generated_config(tmp_path, extra):
 @pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed (scripts/install-system-deps)")
 def test_kamailio_accepts_the_config_with_hep_capture(tmp_path):
     config = _config(tmp_path).model_copy(update={"capture": CaptureSettings(hep="127.0.0.1:9060")})
-    resolved = resolve_endpoint(config, config.endpoints[0])
-    resolved.run_dir.mkdir(parents=True)
-    resolved.config_path.write_text(kamailio_cfg(config, resolved))
-    resolved.settings_path.write_text(settings_json(config, resolved, b"s" * 32, None))
-    result = subprocess.run([shutil.which("kamailio"), "-c", "-f", str(resolved.config_path)], capture_output=True,
-                            text=True, env={"TRUNKPROXY_ENDPOINT_SETTINGS": str(resolved.settings_path),
-                                            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, timeout=30)
+    resolved, result = _kamailio_check(config)
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'modparam("siptrace", "duplicate_uri", "sip:127.0.0.1:9060")' in resolved.config_path.read_text()
 

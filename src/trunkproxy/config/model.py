@@ -219,6 +219,10 @@ class Endpoint(_Strict):
     def endpoint_name(self) -> str:
         return self.name or f"if{self.interface}"
 
+    def relay_setting(self, media: MediaSettings) -> Literal["auto"] | bool:
+        """Its own media_relay, else the host's [media] relay."""
+        return self.media_relay if self.media_relay is not None else media.relay
+
     @model_validator(mode="after")
     def _sides_differ(self) -> "Endpoint":
         if self.external_address == self.internal_address and self.external_port == self.internal_port:
@@ -249,7 +253,7 @@ class Config(_Strict):
     def _sip_ports_outside_media_ports(self) -> "Config":
         media = self.media
         for endpoint in self.endpoints:
-            if (endpoint.media_relay if endpoint.media_relay is not None else media.relay) is False:
+            if endpoint.relay_setting(media) is False:
                 continue
             for key in ("internal_port", "external_port"):
                 port = getattr(endpoint, key)

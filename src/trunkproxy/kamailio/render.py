@@ -260,18 +260,15 @@ def _media_values(config: Config, resolved: ResolvedEndpoint) -> dict[str, str]:
     }
 
 
-def port_problems(config: Config) -> list[str]:
+def port_problems(endpoints: list[ResolvedEndpoint]) -> list[str]:
     """The endpoints' SIP sockets another program holds, or this user may not bind: one line
     each naming the endpoint, the key and the fix (`run` checks before starting anything, where
     Kamailio would only log a bind error and exit, again and again)."""
     problems = []
-    for ep in config.endpoints:
-        try:
-            external = ep.external_address or interface_address(ep.interface)
-        except InterfaceError:
-            continue  # host_problems names it
+    for resolved in endpoints:
+        ep = resolved.endpoint
         for key, address, port in (("internal_port", ep.internal_address, ep.internal_port),
-                                   ("external_port", external, ep.external_port)):
+                                   ("external_port", resolved.external_address, ep.external_port)):
             for transport in ep.transports:
                 reason = _bind_failure(address, port, transport)
                 if reason:

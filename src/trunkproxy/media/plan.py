@@ -37,7 +37,7 @@ def side_names(endpoint_name: str) -> tuple[str, str]:
 def relays_media(media: MediaSettings, endpoint: Endpoint, rtpengine_installed: bool) -> bool:
     """Does this endpoint anchor its calls' media? Its own setting, else the host's; "auto"
     relays wherever rtpengine is installed."""
-    wanted = endpoint.media_relay if endpoint.media_relay is not None else media.relay
+    wanted = endpoint.relay_setting(media)
     return rtpengine_installed if wanted == "auto" else bool(wanted)
 
 
